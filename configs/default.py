@@ -1,0 +1,102 @@
+"""Base config: a conv VAE on the embedded synthetic speech corpus.
+
+  python train.py                       # this config, workdir runs/default
+  python train.py --config=configs/default.py --workdir=/tmp/run --config.train.num_steps=500
+
+Every other config imports this one and overrides a few fields.
+Expected runtime and measured figures: see configs/synthetic.py and README.md.
+"""
+
+import os
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the base config."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # One base PRNG key per run; data order, init and sampling all derive from it.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.corpus = "synthetic"  # "synthetic" (generated, no download), "fsdd" or "folder".
+  c.data.path = ""  # Audio directory for "fsdd"/"folder"; unused for "synthetic".
+  c.data.cache_dir = ""  # Feature/corpus cache; "" means $VAE_JAX_CACHE or ~/.cache/vae-jax.
+  c.data.segment_frames = 64  # Training crop length in mel frames (shorter clips are padded and masked).
+  c.data.test_fraction = 0.1  # "folder" corpora: share of files hashed into the test split.
+  c.data.num_workers = 0  # Feature-extraction processes; 0 means one per CPU core.
+  c.data.prefetch = 4  # Batches prepared ahead of the train step by a background thread.
+  c.data.max_memory_mb = 2048  # Corpora with larger features stream from sharded on-disk arrays.
+
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.num_speakers = 8  # Synthetic voices, each with its own vocal-tract length and pitch range.
+  c.synthetic.utterances_per_speaker = 200  # About 0.4-1.2 s each; about 10% go to the test split.
+  c.synthetic.seed = 0  # Generator seed, independent of the training seed so runs share a corpus.
+
+  c.features = ml_collections.ConfigDict()
+  c.features.sample_rate = 16000  # Hz; audio at other rates is resampled to it.
+  c.features.n_fft = 512  # FFT size in samples.
+  c.features.win_length = 512  # Analysis window in samples (<= n_fft).
+  c.features.hop_length = 128  # Frame shift in samples (8 ms at 16 kHz).
+  c.features.window = "hann"  # Any window name librosa.filters.get_window accepts.
+  c.features.n_mels = 64  # Mel bands (Slaney scale and normalisation).
+  c.features.fmin = 0.0  # Lowest mel band edge in Hz.
+  c.features.fmax = 8000.0  # Highest mel band edge in Hz (<= sample_rate / 2).
+  c.features.log_floor = 1e-5  # Features are ln(max(mel amplitude, log_floor)).
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "conv"  # "conv" (temporal conv VAE) or "mlp" (frame-level MLP VAE).
+  c.model.latent_channels = 16  # Latent numbers per latent frame.
+  c.model.channels = 256  # Conv width at full time resolution.
+  c.model.channel_multipliers = (1, 1)  # Width multiplier after each time downsampling stage.
+  c.model.strides = (2, 2)  # Time downsampling per stage; latent rate = frame rate / prod(strides).
+  c.model.blocks_per_stage = 1  # Residual blocks at each resolution.
+  c.model.kernel_size = 5  # Temporal kernel of every conv (odd).
+  c.model.mlp_hidden = (128, 64)  # "mlp" model: encoder hidden sizes; the decoder mirrors them.
+  c.model.conv_impl = "auto"  # "lax" (lax.conv), "matmul" (stacked time shifts) or "auto" (per backend).
+  c.model.deterministic = False  # True: the encoder outputs z = mean (an autoencoder when beta = 0).
+  c.model.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters stay float32.
+  c.model.init_log_scale = 0.0  # Initial per-bin log standard deviation of the Gaussian likelihood.
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.beta = 1.0  # KL weight; 1 gives the ELBO.
+  c.loss.kl_warmup_steps = 1000  # Linear ramp of beta from 0 over this many steps (0: no ramp).
+  c.loss.free_bits = 0.0  # Nats per latent channel and latent frame below which KL is not penalised.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 2e-3  # Peak learning rate of AdamW.
+  c.optim.warmup_steps = 200  # Linear warm-up steps before the cosine decay.
+  c.optim.end_lr_factor = 0.05  # Final learning rate as a fraction of the peak.
+  c.optim.weight_decay = 1e-4  # Decoupled weight decay.
+  c.optim.b1 = 0.9  # Adam first-moment decay.
+  c.optim.b2 = 0.99  # Adam second-moment decay.
+  c.optim.grad_clip_norm = 1.0  # Global-norm gradient clipping (0 disables).
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 3000  # Optimiser steps.
+  c.train.batch_size = 32  # Global batch (all devices of all processes).
+  c.train.parallel = "pmap"  # "pmap" or "shard_map" (jit over a 1-D device mesh); same step function.
+  c.train.num_devices = 0  # Local devices to use; 0 means all.
+  c.train.log_every = 50  # Steps between scalar logs.
+  c.train.eval_every = 1000  # Steps between held-out evaluations (and the final step).
+  c.train.checkpoint_every = 500  # Steps between checkpoints (and the final step).
+  c.train.keep_checkpoints = 2  # Most recent checkpoints kept, besides the best by eval loss.
+  c.train.async_checkpoints = True  # Write checkpoints in the background.
+  c.train.on_nonfinite = "stop"  # "stop" at a NaN/inf loss or gradient, or "skip" that update.
+  c.train.progress_bar = True  # tqdm bar on a terminal; plain log lines otherwise.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 32  # Utterances per evaluation batch.
+  c.eval.length_multiple = 32  # Utterances are padded to a multiple of this (bounds compilations).
+  c.eval.max_utterances = 0  # Evaluate on at most this many test utterances during training (0: all).
+  c.eval.iwae_samples = 64  # Importance samples for the IWAE bound in eval.py.
+  c.eval.griffin_lim_iters = 32  # Griffin-Lim iterations for re-synthesis.
+  c.eval.num_audio_examples = 4  # Reconstructions written as audio and images at eval steps.
+  c.eval.audio_metrics = True  # STOI/PESQ in eval.py (needs re-synthesis of every test utterance).
+  return c
+
+
+def fsdd_default_path() -> str:
+  """$FSDD_DIR, else the FSDD recordings in ../shared beside the repository."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  return os.environ.get("FSDD_DIR") or os.path.normpath(
+      os.path.join(here, "..", "..", "shared", "data", "fsdd", "recordings"))

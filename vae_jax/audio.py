@@ -1,0 +1,95 @@
+"""Reading, checking and writing audio files."""
+
+import dataclasses
+import os
+
+import numpy as np
+import soundfile as sf
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# Below this peak amplitude a clip is treated as silent (-100 dBFS).
+SILENCE_PEAK = 1e-5
+# Above this a decoder or reader produced garbage rather than audio.
+MAX_ABS_SAMPLE = 1e3
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 384_000
+
+
+class BadAudio(ValueError):
+  """An audio file that cannot be used; the message is the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureCheck:
+  """The smallest clip the feature front end can use."""
+
+  min_samples: int
+
+
+def is_audio_path(path: str) -> bool:
+  return path.lower().endswith(AUDIO_EXTENSIONS)
+
+
+def read_audio(path: str, sample_rate: int, min_samples: int = 1) -> np.ndarray:
+  """Reads a file as mono float32 at `sample_rate`; raises BadAudio with the reason."""
+  if not os.path.isfile(path):
+    raise BadAudio("file not found")
+  if os.path.getsize(path) == 0:
+    raise BadAudio("empty file (0 bytes)")
+  try:
+    info = sf.info(path)
+  except Exception as e:  # soundfile raises several types for malformed headers
+    raise BadAudio(f"unreadable audio ({_short(e, path)})") from None
+  if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+    raise BadAudio(f"implausible sample rate {info.samplerate} Hz")
+  if info.channels < 1 or info.channels > 64:
+    raise BadAudio(f"implausible channel count {info.channels}")
+  try:
+    data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+  except Exception as e:
+    raise BadAudio(f"unreadable audio ({_short(e, path)})") from None
+  return check_and_resample(data.mean(axis=1), file_rate, sample_rate, min_samples)
+
+
+def check_and_resample(
+    wave: np.ndarray, rate: int, sample_rate: int, min_samples: int = 1
+) -> np.ndarray:
+  """Validates a mono waveform and resamples it; raises BadAudio with the reason."""
+  wave = np.asarray(wave, dtype=np.float32)
+  if wave.ndim != 1:
+    raise BadAudio(f"expected a mono waveform, got shape {wave.shape}")
+  if wave.size == 0:
+    raise BadAudio("no samples")
+  if not np.all(np.isfinite(wave)):
+    raise BadAudio("NaN or infinite samples")
+  peak = float(np.max(np.abs(wave)))
+  if peak > MAX_ABS_SAMPLE:
+    raise BadAudio(f"sample values up to {peak:.3g}, expected audio in [-1, 1]")
+  if peak < SILENCE_PEAK:
+    raise BadAudio("all silent")
+  if rate != sample_rate:
+    import librosa  # pylint: disable=g-import-not-at-top
+
+    try:
+      wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
+    except Exception as e:  # e.g. a clip too short for the resampling filter
+      raise BadAudio(f"cannot resample from {rate} Hz ({_short(e)})") from None
+    wave = wave.astype(np.float32)
+  if wave.size < min_samples:
+    ms = 1000 * wave.size / sample_rate
+    raise BadAudio(f"too short ({ms:.1f} ms; at least one analysis window is needed)")
+  return wave
+
+
+def write_audio(path: str, wave: np.ndarray, sample_rate: int) -> None:
+  """Writes a mono waveform as 16-bit PCM, clipping to [-1, 1]."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  sf.write(path, np.clip(np.asarray(wave, np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16")
+
+
+def _short(e: Exception, path: str = "") -> str:
+  """The first line of an exception's message, without the path the warning already names."""
+  text = str(e).strip()
+  if path:  # soundfile starts with "Error opening '<path>': ".
+    text = text.replace(f"Error opening {path!r}: ", "").strip()
+  return text.splitlines()[0][:120] if text else type(e).__name__

@@ -1,0 +1,65 @@
+"""Thin data-parallel wrappers around one per-device step function.
+
+A per-device step has the signature `step(state, batch, key, axis_name)` and
+averages over `axis_name` with collectives. `pmap` maps it over local devices
+with a leading device axis; `shard_map` runs the same function under jit over a
+1-D mesh, with the state replicated and the batch split on its leading axis.
+"""
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.jax_utils
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "batch"
+
+
+class DataParallel:
+  """Places state and batches for one of the two wrappers and calls the wrapped step."""
+
+  def __init__(self, step_fn: Callable, devices: Sequence[jax.Device], mode: str = "pmap",
+               donate: bool = True):
+    self.mode, self.devices = mode, list(devices)
+    donate_argnums = (0,) if donate else ()
+    if mode == "pmap":
+      self._step = jax.pmap(functools.partial(step_fn, axis_name=AXIS), axis_name=AXIS,
+                            in_axes=(0, 0, None), devices=self.devices, donate_argnums=donate_argnums)
+    elif mode == "shard_map":
+      self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
+
+      def per_shard(state, batch, key):
+        batch = jax.tree.map(lambda x: x[0], batch)  # Drop the size-1 device axis of the shard.
+        return step_fn(state, batch, key, axis_name=AXIS)
+
+      mapped = jax.shard_map(per_shard, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
+                             out_specs=(P(), P()))
+      self._step = jax.jit(mapped, donate_argnums=donate_argnums)
+    else:
+      raise ValueError(f"unknown parallel mode {mode!r}")
+
+  def put_state(self, state: Any) -> Any:
+    """Host state -> the layout the step expects (replicated)."""
+    if self.mode == "pmap":
+      return flax.jax_utils.replicate(state, self.devices)
+    return jax.device_put(state, NamedSharding(self.mesh, P()))
+
+  def get_state(self, state: Any) -> Any:
+    """Step layout -> one host copy (for checkpoints and evaluation)."""
+    if self.mode == "pmap":
+      return jax.device_get(flax.jax_utils.unreplicate(state))
+    return jax.device_get(state)
+
+  def put_batch(self, batch: dict[str, np.ndarray]) -> Any:
+    if self.mode == "pmap":
+      return batch  # pmap splits the leading axis itself.
+    return jax.device_put(batch, NamedSharding(self.mesh, P(AXIS)))
+
+  def __call__(self, state, batch, key):
+    state, metrics = self._step(state, batch, key)
+    if self.mode == "pmap":
+      metrics = jax.tree.map(lambda x: x[0], metrics)
+    return state, metrics
+

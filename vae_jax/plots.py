@@ -1,0 +1,36 @@
+"""Spectrogram figures shared by training, evaluation and the notebooks."""
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def spectrogram_grid(panels: Sequence[tuple[str, np.ndarray]], frames_per_second: float,
+                     ncols: int = 2, vmin: float | None = None, vmax: float | None = None):
+  """A figure of log-mel panels ([T, F] each) sharing one colour scale."""
+  n = len(panels)
+  ncols = min(ncols, n)
+  nrows = -(-n // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.6 * nrows), squeeze=False)
+  lo = vmin if vmin is not None else min(float(np.min(p)) for _, p in panels)
+  hi = vmax if vmax is not None else max(float(np.max(p)) for _, p in panels)
+  for ax, (title, mel) in zip(axes.flat, panels):
+    extent = (0, len(mel) / frames_per_second, 0, mel.shape[1])
+    ax.imshow(mel.T, origin="lower", aspect="auto", vmin=lo, vmax=hi, extent=extent, cmap="magma")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("s")
+    ax.set_ylabel("mel bin")
+  for ax in list(axes.flat)[n:]:
+    ax.axis("off")
+  fig.tight_layout()
+  return fig
+
+
+def save_figure(fig, path: str) -> str:
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -1,0 +1,325 @@
+"""Training: the per-device ELBO step and the loop around it (logging, evaluation, checkpoints)."""
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from vae_jax import losses
+from vae_jax.checkpoints import Checkpointer
+from vae_jax.config import validate
+from vae_jax.data.loader import LoaderState, TrainLoader
+from vae_jax.data.store import Dataset, load_dataset
+from vae_jax.errors import ConfigError, UserError
+from vae_jax.evaluate import evaluate_split, make_eval_step
+from vae_jax.features import Normalizer
+from vae_jax.metric_writer import MetricWriter, Progress
+from vae_jax.models import build_model
+
+log = logging.getLogger("vae_jax")
+
+TrainState = train_state.TrainState
+
+
+class NonFiniteError(UserError):
+  """The loss or a gradient became NaN or infinite."""
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warm-up, cosine decay and global-norm clipping."""
+  o = config.optim
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+      decay_steps=max(config.train.num_steps, o.warmup_steps + 1),
+      end_value=o.learning_rate * o.end_lr_factor)
+  adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+  if o.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw), schedule
+  return adamw, schedule
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array) -> TrainState:
+  """Initial parameters (from `key`) and optimiser state, on the host."""
+  t, f = config.data.segment_frames, config.features.n_mels
+  mel, mask = jnp.zeros((1, t, f)), jnp.ones((1, t))
+  params = jax.jit(model.init)(key, mel, mask, jax.random.key(0))["params"]
+  tx, _ = make_optimizer(config)
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
+               axis_name: str | None = None, *, model: nn.Module,
+               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One ELBO update on this device's share of the global batch, averaged over `axis_name`."""
+  psum = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
+  mel, mask = batch["mel"], batch["mask"]
+  per_device = mel.shape[0]
+  device = jax.lax.axis_index(axis_name) if axis_name else 0
+  # One key per example of the global batch: the update does not depend on the device count.
+  step_key = jax.random.fold_in(key, state.step)
+  example_ids = device * per_device + jnp.arange(per_device)
+  sample_keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, example_ids)
+  frames = psum(mask.sum())
+  beta = losses.kl_weight(state.step, config.loss.beta, config.loss.kl_warmup_steps)
+
+  def loss_fn(params):
+    terms = model.apply({"params": params}, mel, mask, sample_keys)
+    latent_frames = psum(terms["latent_frames"].sum())
+    kl_c = psum(jax.lax.stop_gradient(terms["kl_per_channel"]).sum(0)) / latent_frames
+    kl = losses.free_bits_kl(terms["kl_per_channel"], terms["latent_frames"], kl_c, config.loss.free_bits)
+    # This device's share of the global mean: summing over devices gives the global loss.
+    loss = (terms["nll"].sum() + beta * kl.sum()) / frames
+    return loss, (terms, kl_c, latent_frames)
+
+  (loss, (terms, kl_c, latent_frames)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads, loss = psum(grads), psum(loss)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updated = state.apply_gradients(grads=grads)
+  # A non-finite update is never applied; the host stops or counts it (train.on_nonfinite).
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  new_state = new_state.replace(step=state.step + 1)
+  _, schedule = make_optimizer(config)
+  nll, kl = psum(terms["nll"].sum()) / frames, psum(terms["kl"].sum()) / frames
+  metrics = {
+      "train/loss": loss,
+      "train/neg_elbo": nll + kl,
+      "train/nll": nll,
+      "train/kl": kl,
+      "train/kl_per_channel": kl_c,
+      "train/mse_normalized": psum(terms["sq_err"].sum()) / (frames * mel.shape[-1]),
+      "train/grad_norm": grad_norm,
+      "train/learning_rate": schedule(state.step),
+      "train/beta": beta,
+      "train/finite": finite,
+      "train/latent_frames": latent_frames,
+  }
+  return new_state, metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from the workdir's latest checkpoint), evaluates, and writes a report."""
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  devices = _devices(config)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                      async_save=config.train.async_checkpoints)
+  resume_step = ckpt.latest_step()
+  meta = ckpt.restore_meta(resume_step) if resume_step is not None else None
+  _check_resumable(workdir, config, meta)
+  _write_config(workdir, config)
+
+  normalizer = Normalizer.from_dict(meta["normalizer"]) if meta else None
+  data = load_dataset(config, normalizer)
+  model = build_model(config)
+  base_key = jax.random.key(config.seed)
+  state = create_train_state(config, model, jax.random.fold_in(base_key, 0))
+  loader = TrainLoader(data.train, data.normalizer, global_batch=config.train.batch_size,
+                       num_local_devices=len(devices), segment_frames=config.data.segment_frames,
+                       seed=config.seed, prefetch=config.data.prefetch)
+  if meta:
+    state, meta = ckpt.restore(state, resume_step)
+    loader.restore(LoaderState.from_dict(meta["loader"]))
+    log.warning("resumed from %s", os.path.join(ckpt.directory, str(resume_step)))
+  _save_normalizer(workdir, data.normalizer)
+
+  from vae_jax.parallel import DataParallel  # pylint: disable=g-import-not-at-top
+
+  step_fn = functools.partial(train_step, model=model, config=config)
+  parallel = DataParallel(step_fn, devices, config.train.parallel)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  loop = _Loop(config, workdir, data, model, parallel, ckpt, writer, loader, base_key)
+  try:
+    return loop.run(parallel.put_state(state))
+  finally:
+    loader.close()
+    writer.close()
+    ckpt.close()
+
+
+def _devices(config) -> list[jax.Device]:
+  devices = jax.local_devices()
+  n = config.train.num_devices or len(devices)
+  if n > len(devices):
+    raise ConfigError(f"train.num_devices={n} but only {len(devices)} local devices exist")
+  return devices[:n]
+
+
+def _check_resumable(workdir: str, config, meta) -> None:
+  """Refuses to resume a run whose model or features differ from the config."""
+  path = os.path.join(workdir, "config.json")
+  if meta is None or not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  now = json.loads(config.to_json_best_effort())
+  for section in ("model", "features"):
+    if saved.get(section) != now.get(section):
+      raise ConfigError(f"{workdir} holds a run with a different {section} config: "
+                        "use a new --workdir or the original config")
+
+
+def _write_config(workdir: str, config) -> None:
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _save_normalizer(workdir: str, normalizer: Normalizer) -> None:
+  with open(os.path.join(workdir, "normalizer.json"), "w") as f:
+    json.dump(normalizer.to_dict(), f)
+
+
+class _Loop:
+  """The host-side training loop; owns timing, logging, evaluation and checkpoint cadence."""
+
+  def __init__(self, config, workdir, data: Dataset, model, parallel, ckpt: Checkpointer,
+               writer: MetricWriter, loader: TrainLoader, base_key):
+    self.config, self.workdir, self.data, self.model = config, workdir, data, model
+    self.parallel, self.ckpt, self.writer, self.loader = parallel, ckpt, writer, loader
+    self.base_key = base_key
+    self.eval_step = make_eval_step(model)
+    self.stop_signal = None
+    self.skipped = 0
+    self.last_eval: dict[str, Any] = {}
+    self.last_eval_step = -1
+
+  def run(self, state) -> dict[str, Any]:
+    c = self.config.train
+    step = int(jax.device_get(self.parallel.get_state(state).step))
+    progress = Progress(c.num_steps, step, c.log_every, c.progress_bar)
+    previous = self._install_signal_handlers()
+    train_key = jax.random.fold_in(self.base_key, 1)
+    pending, window, t0, steps_timed = None, [], time.perf_counter(), 0
+    try:
+      while step < c.num_steps:
+        batch = self.parallel.put_batch(next(self.loader))
+        state, metrics = self.parallel(state, batch, train_key)
+        step += 1
+        if pending is not None:  # Read the previous step while this one runs.
+          window.append(self._check(*pending))
+        pending = (step, metrics)
+        if step % c.log_every == 0 or step == c.num_steps or self.stop_signal:
+          window.append(self._check(*pending))
+          pending = None
+          elapsed, steps_timed = time.perf_counter() - t0, steps_timed + len(window)
+          self._log(step, window, len(window) / max(elapsed, 1e-9), progress)
+          window, t0 = [], time.perf_counter()
+        if step % c.eval_every == 0 or step == c.num_steps:
+          self._evaluate(step, state, progress)
+        if step % c.checkpoint_every == 0 or step == c.num_steps or self.stop_signal:
+          self._save(step, state)
+        if self.stop_signal:
+          self.ckpt.wait()
+          progress.write(f"received {self.stop_signal}: saved a checkpoint at step {step}; "
+                         "rerun the same command to resume")
+          break
+      if pending is not None:
+        self._check(*pending)
+    finally:
+      progress.close()
+      self._restore_signal_handlers(previous)
+    self.ckpt.wait()
+    return {"step": step, **self.last_eval, "stopped_by_signal": bool(self.stop_signal)}
+
+  def _check(self, step: int, metrics) -> dict[str, Any]:
+    m = jax.device_get(metrics)
+    if not bool(m["train/finite"]):
+      if self.config.train.on_nonfinite == "stop":
+        latest = self.ckpt.latest_step()
+        where = os.path.join(self.ckpt.directory, str(latest)) if latest is not None else "none"
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {step}; last good checkpoint: {where} "
+            "(lower optim.learning_rate, or set train.on_nonfinite=skip)")
+      self.skipped += 1
+    return m
+
+  def _log(self, step: int, window, steps_per_sec: float, progress: Progress) -> None:
+    keys = [k for k in window[-1] if k not in ("train/finite", "train/latent_frames")]
+    mean = {k: np.mean([np.asarray(w[k]) for w in window], axis=0) for k in keys}
+    frames = self.config.train.batch_size * self.config.data.segment_frames
+    mean["train/steps_per_sec"] = steps_per_sec
+    mean["train/frames_per_sec"] = steps_per_sec * frames
+    mean["train/audio_sec_per_sec"] = mean["train/frames_per_sec"] / self.data.feature_config.frames_per_second
+    mean["train/skipped_updates"] = self.skipped
+    self.writer.scalars(step, mean)
+    progress.update(step, float(mean["train/loss"]), steps_per_sec)
+
+  def _evaluate(self, step: int, state, progress: Progress) -> None:
+    from vae_jax import samples  # pylint: disable=g-import-not-at-top
+
+    params = self.parallel.get_state(state).params
+    e = self.config.eval
+    metrics = evaluate_split(self.eval_step, params, self.data.test, self.data.normalizer,
+                             jax.random.fold_in(self.base_key, 2), batch_size=e.batch_size,
+                             length_multiple=e.length_multiple, max_utterances=e.max_utterances)
+    self.writer.scalars(step, metrics)
+    self.last_eval = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+    self.last_eval_step = step
+    progress.write(f"step {step}: eval neg-ELBO {metrics['eval/loss']:.4f} nats/frame, "
+                   f"log-mel MSE {metrics['eval/logmel_mse']:.4f}")
+    if jax.process_index() == 0 and e.num_audio_examples:
+      samples.write_reconstructions(self.model, params, self.data, self.config, self.workdir, step, self.writer)
+
+  def _save(self, step: int, state) -> None:
+    meta = {"loader": self.loader.state.to_dict(), "normalizer": self.data.normalizer.to_dict(),
+            "config": json.loads(self.config.to_json_best_effort())}
+    metrics = {"eval/loss": self.last_eval["eval/loss"]} if self.last_eval_step == step else None
+    self.ckpt.save(step, self.parallel.get_state(state), meta, metrics)
+
+  def _install_signal_handlers(self):
+    def handler(signum, frame):
+      del frame
+      self.stop_signal = signal.Signals(signum).name
+
+    try:
+      return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # Not the main thread: leave signals alone.
+      return {}
+
+  def _restore_signal_handlers(self, previous) -> None:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def write_training_report(workdir: str, result: dict[str, Any]) -> str:
+  """A short markdown summary of the run: final evaluation and where everything is."""
+  latest = sorted((f for f in os.listdir(os.path.join(workdir, "samples")) if f.endswith(".png")),
+                  default=None) if os.path.isdir(os.path.join(workdir, "samples")) else []
+  lines = [f"# Training run `{os.path.basename(os.path.abspath(workdir))}`", "",
+           f"Steps: {result['step']}", "", "| metric | value |", "| --- | --- |"]
+  lines += [f"| {k} | {v:.4f} |" for k, v in result.items() if k.startswith("eval/")]
+  if latest:
+    lines += ["", f"![reconstructions](samples/{latest[-1]})"]
+  lines += ["", "Scalars: `metrics.jsonl`; TensorBoard: `tensorboard --logdir tb`; "
+            "full evaluation: `python eval.py --workdir <this directory>`."]
+  path = os.path.join(workdir, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+def print_summary(workdir: str, result: dict[str, Any]) -> None:
+  """Prints where the checkpoint, logs and report of a finished run are."""
+  report = write_training_report(workdir, result)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), create=False)
+  latest = ckpt.latest_step()
+  ckpt.close()
+  if "eval/loss" in result:
+    print(f"step {result['step']}: eval neg-ELBO {result['eval/loss']:.4f} nats/frame, "
+          f"log-mel MSE {result['eval/logmel_mse']:.4f}")
+  print(f"checkpoint: {os.path.join(workdir, 'checkpoints', str(latest))}")
+  print(f"logs:       {os.path.join(workdir, 'metrics.jsonl')} "
+        f"(TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')})")
+  print(f"samples:    {os.path.join(workdir, 'samples')}")
+  print(f"report:     {report}")
