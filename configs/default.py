@@ -72,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip_norm = 1.0  # Global-norm gradient clipping (0 disables).
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 3000  # Optimiser steps.
+  c.train.num_steps = 3000  # Optimiser steps (the learning-rate schedule spans them).
+  c.train.max_steps_per_run = 0  # Stop this invocation after so many steps (0: no limit); rerun to resume.
   c.train.batch_size = 32  # Global batch (all devices of all processes).
   c.train.parallel = "pmap"  # "pmap" or "shard_map" (jit over a 1-D device mesh); same step function.
   c.train.num_devices = 0  # Local devices to use; 0 means all.

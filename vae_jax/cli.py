@@ -32,9 +32,32 @@ def setup_logging() -> None:
     pass
 
 
+def check_config_args(argv: list[str], name: str = "config") -> None:
+  """Loads the config file named on the command line and checks every `--config.x.y` key exists.
+
+  config_flags reports these mistakes lazily or as tracebacks; this gives one line first.
+  """
+  from vae_jax.config import load_config, lookup  # pylint: disable=g-import-not-at-top
+
+  path = flags.FLAGS[name].default_as_str.strip("'\"")
+  keys = []
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith(f"--{name}="):
+      path = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif arg.startswith(f"--{name}."):
+      keys.append(arg[len(name) + 3:].split("=", 1)[0])
+  config = load_config(path, validate_fields=False)
+  for key in keys:
+    lookup(config, key)
+
+
 def run_main(main: Callable[[list[str]], None]) -> None:
   """Parses flags and runs `main`; user mistakes print `error: ...` and exit with status 2."""
   try:
+    if "config" in flags.FLAGS:
+      check_config_args(sys.argv)
     argv = flags.FLAGS(sys.argv)
   except (flags.Error, UserError, KeyError, ValueError, TypeError, AttributeError, SyntaxError) as e:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,5 +1,6 @@
 """Loading config files and checking every field before any work starts."""
 
+import difflib
 import importlib.util
 import os
 import sys
@@ -10,7 +11,8 @@ import ml_collections
 from vae_jax.errors import ConfigError
 
 
-def load_config(path: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+def load_config(path: str, overrides: dict[str, Any] | None = None,
+                validate_fields: bool = True) -> ml_collections.ConfigDict:
   """Runs `get_config()` of a config file, applies dotted overrides and validates."""
   if not os.path.isfile(path):
     raise ConfigError(f"config file {path!r} does not exist")
@@ -19,23 +21,34 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> ml_collec
     sys.path.insert(0, root)
   spec = importlib.util.spec_from_file_location(f"_vae_jax_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception as e:  # A broken config file is the user's to fix: say where.
+    raise ConfigError(f"config file {path!r} failed to load: {type(e).__name__}: {e}") from None
   for key, value in (overrides or {}).items():
     set_field(config, key, value)
-  return validate(config)
+  return validate(config) if validate_fields else config
+
+
+def lookup(config: ml_collections.ConfigDict, dotted: str) -> tuple[ml_collections.ConfigDict, str]:
+  """The node holding a dotted field and the field's name; ConfigError (with a suggestion) if unknown."""
+  *parents, leaf = dotted.split(".")
+  node, path = config, []
+  for name in parents + [leaf]:
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      options = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(name, options, n=1)
+      hint = f" (did you mean {'.'.join(path + close)}?)" if close else ""
+      raise ConfigError(f"unknown config field {dotted!r}{hint}")
+    parent, node = node, node[name]
+    path.append(name)
+  return parent, leaf
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
   """config.a.b = value, refusing keys that the config does not define."""
-  *parents, leaf = dotted.split(".")
-  node = config
-  for p in parents:
-    if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-      raise ConfigError(f"unknown config field {dotted!r}")
-    node = node[p]
-  if leaf not in node:
-    raise ConfigError(f"unknown config field {dotted!r}")
+  node, leaf = lookup(config, dotted)
   old = node[leaf]
   if isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
     value = type(old)(value)
@@ -108,6 +121,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       ("optim.b2", lambda x: _is_num(x) and 0 <= x < 1, "in [0, 1)"),
       ("optim.grad_clip_norm", nonneg, "a number >= 0 (0 disables clipping)"),
       ("train.num_steps", pos_int, "a positive integer"),
+      ("train.max_steps_per_run", nonneg_int, "an integer >= 0 (0: no limit)"),
       ("train.batch_size", pos_int, "a positive integer"),
       ("train.parallel", lambda x: x in ("pmap", "shard_map"), "'pmap' or 'shard_map'"),
       ("train.num_devices", nonneg_int, "an integer >= 0 (0: all local devices)"),

@@ -23,12 +23,12 @@ class DataParallel:
   def __init__(self, step_fn: Callable, devices: Sequence[jax.Device], mode: str = "pmap",
                donate: bool = True):
     self.mode, self.devices = mode, list(devices)
+    self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
     donate_argnums = (0,) if donate else ()
     if mode == "pmap":
       self._step = jax.pmap(functools.partial(step_fn, axis_name=AXIS), axis_name=AXIS,
                             in_axes=(0, 0, None), devices=self.devices, donate_argnums=donate_argnums)
     elif mode == "shard_map":
-      self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
 
       def per_shard(state, batch, key):
         batch = jax.tree.map(lambda x: x[0], batch)  # Drop the size-1 device axis of the shard.
@@ -43,7 +43,10 @@ class DataParallel:
   def put_state(self, state: Any) -> Any:
     """Host state -> the layout the step expects (replicated)."""
     if self.mode == "pmap":
-      return flax.jax_utils.replicate(state, self.devices)
+      # Stacked copies on the same mesh pmap puts its outputs on, so step 2 reuses step 1's program.
+      n, sharding = len(self.devices), NamedSharding(self.mesh, P(AXIS))
+      return jax.tree.map(
+          lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding), state)
     return jax.device_put(state, NamedSharding(self.mesh, P()))
 
   def get_state(self, state: Any) -> Any:

@@ -55,7 +55,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, key:
   mel, mask = jnp.zeros((1, t, f)), jnp.ones((1, t))
   params = jax.jit(model.init)(key, mel, mask, jax.random.key(0))["params"]
   tx, _ = make_optimizer(config)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  # A strongly typed step: a weakly typed one would make the second call recompile.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
@@ -84,7 +86,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
 
   (loss, (terms, kl_c, latent_frames)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads, loss = psum(grads), psum(loss)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updated = state.apply_gradients(grads=grads)
   # A non-finite update is never applied; the host stops or counts it (train.on_nonfinite).
@@ -200,24 +202,25 @@ class _Loop:
     progress = Progress(c.num_steps, step, c.log_every, c.progress_bar)
     previous = self._install_signal_handlers()
     train_key = jax.random.fold_in(self.base_key, 1)
-    pending, window, t0, steps_timed = None, [], time.perf_counter(), 0
+    pending, window, t0 = None, [], time.perf_counter()
+    last = c.num_steps if not c.max_steps_per_run else min(c.num_steps, step + c.max_steps_per_run)
     try:
-      while step < c.num_steps:
+      while step < last:
         batch = self.parallel.put_batch(next(self.loader))
         state, metrics = self.parallel(state, batch, train_key)
         step += 1
         if pending is not None:  # Read the previous step while this one runs.
           window.append(self._check(*pending))
         pending = (step, metrics)
-        if step % c.log_every == 0 or step == c.num_steps or self.stop_signal:
+        if step % c.log_every == 0 or step == last or self.stop_signal:
           window.append(self._check(*pending))
           pending = None
-          elapsed, steps_timed = time.perf_counter() - t0, steps_timed + len(window)
+          elapsed = time.perf_counter() - t0
           self._log(step, window, len(window) / max(elapsed, 1e-9), progress)
           window, t0 = [], time.perf_counter()
         if step % c.eval_every == 0 or step == c.num_steps:
           self._evaluate(step, state, progress)
-        if step % c.checkpoint_every == 0 or step == c.num_steps or self.stop_signal:
+        if step % c.checkpoint_every == 0 or step == last or self.stop_signal:
           self._save(step, state)
         if self.stop_signal:
           self.ckpt.wait()
@@ -294,8 +297,8 @@ class _Loop:
 
 def write_training_report(workdir: str, result: dict[str, Any]) -> str:
   """A short markdown summary of the run: final evaluation and where everything is."""
-  latest = sorted((f for f in os.listdir(os.path.join(workdir, "samples")) if f.endswith(".png")),
-                  default=None) if os.path.isdir(os.path.join(workdir, "samples")) else []
+  samples_dir = os.path.join(workdir, "samples")
+  latest = sorted(f for f in os.listdir(samples_dir) if f.endswith(".png")) if os.path.isdir(samples_dir) else []
   lines = [f"# Training run `{os.path.basename(os.path.abspath(workdir))}`", "",
            f"Steps: {result['step']}", "", "| metric | value |", "| --- | --- |"]
   lines += [f"| {k} | {v:.4f} |" for k, v in result.items() if k.startswith("eval/")]

@@ -127,7 +127,8 @@ def synthetic_corpus(config) -> Corpus:
   s = config.synthetic
   out_dir = os.path.join(
       cache_root(config), "synthetic",
-      f"sr{config.features.sample_rate}-spk{s.num_speakers}-utt{s.utterances_per_speaker}-seed{s.seed}")
+      f"sr{config.features.sample_rate}-hop{config.features.hop_length}-spk{s.num_speakers}"
+      f"-utt{s.utterances_per_speaker}-seed{s.seed}")
   utterances = synthetic.generate_corpus(
       out_dir, sample_rate=config.features.sample_rate, num_speakers=s.num_speakers,
       utterances_per_speaker=s.utterances_per_speaker, seed=s.seed,
