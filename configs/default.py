@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.1  # "folder" corpora: share of files hashed into the test split.
   c.data.num_workers = 0  # Feature-extraction processes; 0 means one per CPU core.
   c.data.prefetch = 4  # Batches prepared ahead of the train step by a background thread.
-  c.data.max_memory_mb = 2048  # Corpora with larger features stream from sharded on-disk arrays.
+  c.data.max_memory_mb = 2048  # A split whose float32 features exceed this many MiB streams from disk.
 
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.num_speakers = 8  # Synthetic voices, each with its own vocal-tract length and pitch range.

@@ -4,6 +4,8 @@ The training batch at (epoch, index) is a pure function of the seed and that
 position: the epoch's permutation comes from rng(seed, epoch) and the crops from
 rng(seed, epoch, index). The loader's state is therefore just the position, and
 the batch contents do not depend on how many devices or processes share it.
+Each process reads only the frames of its own crops, so a streaming split is
+never read whole by any one process.
 """
 
 import dataclasses
@@ -54,12 +56,13 @@ class TrainLoader:
     self.state = LoaderState()
     self.prefetch = prefetch
     self._queue = None
+    self._perm = (-1, np.zeros(0, np.int64))  # (epoch, permutation), shared by both threads.
 
   def batch_at(self, state: LoaderState) -> dict[str, np.ndarray]:
     """The batch at a position: {'mel': [D, B, T, F] normalised, 'mask': [D, B, T]}."""
     # SeedSequence takes non-negative entropy only; the modulus leaves such seeds unchanged.
     seed = self.seed % 2**64
-    perm = np.random.default_rng([seed, state.epoch]).permutation(len(self.split))
+    perm = self._permutation(state.epoch)
     chosen = perm[state.index * self.global_batch:(state.index + 1) * self.global_batch]
     lengths = self.split.lengths[chosen]
     # Crops drawn for the whole global batch, so each process's share is the same at any scale.
@@ -71,12 +74,20 @@ class TrainLoader:
     shape = (self.num_local_devices, per_process // self.num_local_devices)
     return {"mel": mel.reshape(shape + mel.shape[1:]), "mask": mask.reshape(shape + mask.shape[1:])}
 
+  def _permutation(self, epoch: int) -> np.ndarray:
+    # Drawn once per epoch: at hundreds of thousands of utterances it would dominate each batch.
+    cached_epoch, perm = self._perm
+    if cached_epoch != epoch:
+      perm = np.random.default_rng([self.seed % 2**64, epoch]).permutation(len(self.split))
+      self._perm = (epoch, perm)
+    return perm
+
   def _crops(self, utts: np.ndarray, starts: np.ndarray):
-    t, f = self.segment_frames, self.split.frames.shape[1]
+    t, f = self.segment_frames, self.split.num_mels
     mel = np.zeros((len(utts), t, f), np.float32)
     mask = np.zeros((len(utts), t), np.float32)
     for j, (u, s) in enumerate(zip(utts, starts)):
-      x = self.split.utterance(int(u))[s:s + t]
+      x = self.split.crop(int(u), int(s), t)
       mel[j, :len(x)] = self.normalizer.normalize(x)
       mask[j, :len(x)] = 1.0
     return mel, mask
@@ -154,7 +165,7 @@ def eval_batches(split: Split, normalizer: Normalizer, batch_size: int, length_m
   """
   n = len(split) if max_utterances <= 0 else min(len(split), max_utterances)
   order = np.argsort(split.lengths[:n], kind="stable")
-  f = split.frames.shape[1]
+  f = split.num_mels
   for b in range(0, n, batch_size):
     idx = order[b:b + batch_size]
     longest = int(split.lengths[idx].max())

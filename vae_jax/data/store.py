@@ -4,7 +4,13 @@ The cache lives in `<cache>/features/<key>/`, where the key hashes the feature
 config and the file list (paths, sizes, modification times), so any change to
 either extracts again. Files are processed in chunks; each chunk becomes one
 shard (`shard-00000.npy` + `.json`) written atomically, so an interrupted
-extraction resumes at the first missing shard.
+extraction resumes at the first missing shard. Several processes can share the
+work: process p of P extracts the chunks i with i % P == p, then waits for the
+others' shards to appear.
+
+A split whose features fit in `data.max_memory_mb` is read into one array; a
+larger one streams: only its index (shard, first row, length per utterance) is
+held, and frames are read from the shards when a batch needs them.
 """
 
 import concurrent.futures
@@ -15,12 +21,14 @@ import logging
 import multiprocessing
 import os
 import tempfile
-from typing import Iterable, Mapping, Sequence
+import time
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tqdm
 
 from vae_jax import audio
+from vae_jax.data import stream
 from vae_jax.data.corpora import Corpus, Entry, build_corpus, cache_root
 from vae_jax.errors import DataError
 from vae_jax.features import FeatureConfig, Normalizer, log_mel
@@ -30,36 +38,94 @@ log = logging.getLogger("vae_jax")
 FILES_PER_SHARD = 512
 # Below this many files, worker start-up costs more than it saves.
 MIN_FILES_FOR_WORKERS = 64
+# Frames per chunk of the normaliser's moments: 8 MiB of float64 at 64 mel bins.
+NORMALIZER_CHUNK_FRAMES = 16384
+# Seconds without a new shard (or moments file) from the other processes before giving up.
+WAIT_TIMEOUT_S = 1800.0
+_MIN_STD = 1e-3  # As Normalizer.fit.
 
 
-@dataclasses.dataclass
 class Split:
-  """The log-mel features ([frames, n_mels], unnormalised) and labels of one split."""
+  """The log-mel features ([frames, n_mels], unnormalised) and labels of one split.
 
-  names: list[str]
-  paths: list[str]
-  labels: dict[str, np.ndarray]  # label -> [num_utterances] int
-  frames: np.ndarray  # [total_frames, n_mels], utterances back to back.
-  offsets: np.ndarray  # [num_utterances + 1] int64 into `frames`.
+  The frames are one in-memory array with the utterances back to back (`frames`,
+  `offsets`) or, for a split that `streaming`, rows of the feature shards read
+  on demand; `utterance`, `crop`, `lengths` and `num_mels` serve both.
+  """
+
+  def __init__(self, names: list[str], paths: list[str], labels: dict[str, np.ndarray],
+               frames: np.ndarray | None = None, offsets: np.ndarray | None = None, *,
+               rows: stream.ShardRows | None = None):
+    if (frames is None) == (rows is None) or (frames is None) != (offsets is None):
+      raise ValueError("a Split takes either frames and offsets, or shard rows")
+    self.names, self.paths, self.labels = names, paths, labels
+    self._frames, self._rows = frames, rows
+    if rows is None:
+      self.offsets = np.asarray(offsets, np.int64)
+      self._lengths = np.diff(self.offsets)
+      self._lengths.flags.writeable = False
+    else:
+      self._lengths = rows.lengths
+      self.offsets = np.concatenate([[0], np.cumsum(self._lengths)]).astype(np.int64)
 
   def __len__(self) -> int:
     return len(self.names)
 
   @property
+  def streaming(self) -> bool:
+    return self._rows is not None
+
+  @property
+  def frames(self) -> np.ndarray:
+    """All frames back to back; only an in-memory split has them."""
+    if self._rows is not None:
+      raise TypeError(f"this split streams {self.nbytes / 2**20:.0f} MiB of features from the "
+                      "feature cache and has no in-memory frames: use num_mels, lengths, "
+                      "utterance(i) or crop(i, start, length)")
+    return self._frames
+
+  @property
   def lengths(self) -> np.ndarray:
-    return np.diff(self.offsets)
+    return self._lengths
+
+  @property
+  def num_mels(self) -> int:
+    return self._rows.num_mels if self._rows is not None else int(self._frames.shape[1])
+
+  @property
+  def nbytes(self) -> int:
+    """Bytes of all the split's frames, in memory or not."""
+    return self._rows.nbytes if self._rows is not None else int(self._frames.nbytes)
 
   def utterance(self, i: int) -> np.ndarray:
-    return self.frames[self.offsets[i]:self.offsets[i + 1]]
+    """The [frames, n_mels] features of utterance i."""
+    return self.crop(i, 0, int(self._lengths[i]))
+
+  def crop(self, i: int, start: int, length: int) -> np.ndarray:
+    """Frames start..start+length-1 of utterance i (fewer at its end); only those are read."""
+    stop = min(start + length, int(self._lengths[i]))
+    start = min(start, stop)
+    if self._rows is not None:
+      return self._rows.read(i, start, stop)
+    return self._frames[self.offsets[i] + start:self.offsets[i] + stop]
+
+  def span(self, first: int, stop: int) -> np.ndarray:
+    """Utterances first..stop-1 back to back (a view for an in-memory split)."""
+    if self._rows is not None:
+      return self._rows.read_span(first, stop)
+    return self._frames[self.offsets[first]:self.offsets[stop]]
 
   def subset(self, indices: Sequence[int]) -> "Split":
-    """A split of the chosen utterances, in the given order."""
-    parts = [self.utterance(i) for i in indices]
+    """A split of the chosen utterances, in the given order; a streaming one stays on disk."""
+    idx = list(indices)
+    names, paths = [self.names[i] for i in idx], [self.paths[i] for i in idx]
+    labels = {k: v[idx] for k, v in self.labels.items()}
+    if self._rows is not None:
+      return Split(names, paths, labels, rows=self._rows.take(idx))
+    parts = [self.utterance(i) for i in idx]
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-    n_mels = self.frames.shape[1]
-    frames = np.concatenate(parts) if parts else np.zeros((0, n_mels), np.float32)
-    return Split([self.names[i] for i in indices], [self.paths[i] for i in indices],
-                 {k: v[list(indices)] for k, v in self.labels.items()}, frames, offsets)
+    frames = np.concatenate(parts) if parts else np.zeros((0, self.num_mels), np.float32)
+    return Split(names, paths, labels, frames, offsets)
 
 
 @dataclasses.dataclass
@@ -74,39 +140,98 @@ class Dataset:
   normalizer: Normalizer
 
 
-def load_dataset(config, normalizer: Normalizer | None = None) -> Dataset:
-  """Lists the corpus, extracts (or loads cached) features and fits the normaliser."""
+def load_dataset(config, normalizer: Normalizer | None = None, *, process_index: int = 0,
+                 process_count: int = 1) -> Dataset:
+  """Lists the corpus, extracts (or loads cached) features and fits the normaliser.
+
+  Each split is held in memory when its features fit in `data.max_memory_mb` MiB,
+  and streams from the feature shards otherwise. With several processes, each
+  extracts its share of the shards and reads its share of a streaming train split
+  to fit the normaliser.
+  """
   fc = FeatureConfig.from_config(config.features)
   corpus = build_corpus(config)
-  store = extract_features(corpus, fc, cache_root(config), config.data.num_workers)
-  train, test = (_split(corpus, store, s) for s in ("train", "test"))
+  store = extract_features(corpus, fc, cache_root(config), config.data.num_workers,
+                           process_index=process_index, process_count=process_count)
+  max_bytes = config.data.max_memory_mb * 2**20
+  train, test = (_split(corpus, store, s, max_bytes) for s in ("train", "test"))
   if len(train) == 0:
     raise DataError(f"the {corpus.name} corpus has no usable training utterance")
   if len(test) == 0:
     raise DataError(f"the {corpus.name} corpus has no usable test utterance: "
                     "add files or raise data.test_fraction")
+  for name, split in (("train", train), ("test", test)):
+    if split.streaming:
+      log.info("the %s split (%.0f MiB of features, over data.max_memory_mb=%d) streams from %s",
+               name, split.nbytes / 2**20, config.data.max_memory_mb, store.cache_dir)
   if normalizer is None:
-    normalizer = Normalizer.fit(train.frames)
+    normalizer = fit_normalizer(train, process_index=process_index, process_count=process_count,
+                                exchange_dir=store.cache_dir)
   return Dataset(corpus.name, fc, train, test, corpus.label_names, normalizer)
 
 
 @dataclasses.dataclass
 class _Store:
+  cache_dir: str
   index: dict[str, tuple[int, int, int]]  # entry name -> (shard, start, length)
-  shards: list[np.ndarray]
+  files: list[stream.ShardFile]
+  num_mels: int
 
 
-def _split(corpus: Corpus, store: _Store, split: str) -> Split:
+def _split(corpus: Corpus, store: _Store, split: str, max_bytes: int) -> Split:
   kept = [e for e in corpus.entries if e.split == split and e.name in store.index]
-  parts = []
-  for e in kept:
-    shard, start, length = store.index[e.name]
-    parts.append(store.shards[shard][start:start + length])
-  n_mels = store.shards[0].shape[1] if store.shards else 0
-  frames = np.concatenate(parts) if parts else np.zeros((0, n_mels), np.float32)
-  offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+  where = np.asarray([store.index[e.name] for e in kept], np.int64).reshape(-1, 3)
+  rows = stream.ShardRows(store.files, where[:, 0], where[:, 1], where[:, 2], store.num_mels)
+  names, paths = [e.name for e in kept], [e.path for e in kept]
   labels = {k: np.asarray([e.labels[k] for e in kept], np.int32) for k in corpus.label_names}
-  return Split([e.name for e in kept], [e.path for e in kept], labels, frames, offsets)
+  if rows.nbytes > max_bytes:
+    return Split(names, paths, labels, rows=rows)
+  offsets = np.concatenate([[0], np.cumsum(rows.lengths)]).astype(np.int64)
+  return Split(names, paths, labels, rows.read_span(0, len(rows)), offsets)
+
+
+def fit_normalizer(split: Split, *, process_index: int = 0, process_count: int = 1,
+                   exchange_dir: str | None = None, timeout_s: float = WAIT_TIMEOUT_S) -> Normalizer:
+  """Per-bin mean and std of a split, accumulated in float64 chunk by chunk (bounded memory).
+
+  For a streaming split shared by several processes, each reads every
+  `process_count`-th chunk and the chunks' moments are exchanged through files
+  in `exchange_dir`; the result is the same as one process reading them all.
+  """
+  bounds = stream.chunk_bounds(split.lengths, NORMALIZER_CHUNK_FRAMES)
+  if split.streaming and process_count > 1 and exchange_dir:
+    moments = _exchanged_moments(split, bounds, process_index, process_count, exchange_dir, timeout_s)
+  else:
+    moments = (stream.Moments.of(split.span(a, b)) for a, b in bounds)
+  total = stream.merged(moments)
+  std = np.sqrt(total.m2 / total.count)
+  return Normalizer(total.mean.astype(np.float32), np.maximum(std, _MIN_STD).astype(np.float32))
+
+
+def _exchanged_moments(split: Split, bounds: list[tuple[int, int]], p: int, count: int,
+                       exchange_dir: str, timeout_s: float) -> Iterator[stream.Moments]:
+  _check_process(p, count)
+  h = hashlib.sha256(f"{NORMALIZER_CHUNK_FRAMES}\0{split.num_mels}".encode())
+  h.update("\0".join(split.names).encode())
+  h.update(np.ascontiguousarray(split.lengths, np.int64).tobytes())
+  paths = [os.path.join(exchange_dir, f"moments-{h.hexdigest()[:20]}-{q}of{count}.npz")
+           for q in range(count)]
+  if not os.path.exists(paths[p]):  # A restarted process finds its share already there.
+    mine = [stream.Moments.of(split.span(*bounds[c])) for c in range(p, len(bounds), count)]
+    arrays = {"count": np.asarray([m.count for m in mine], np.int64),
+              "mean": np.asarray([m.mean for m in mine]).reshape(len(mine), -1),
+              "m2": np.asarray([m.m2 for m in mine]).reshape(len(mine), -1)}
+    _atomic_write(paths[p], lambda f: np.savez(f, **arrays))
+  _wait_for([q for q in range(count) if q != p], lambda q: os.path.exists(paths[q]),
+            lambda q: os.path.basename(paths[q]), "normaliser moments", count, exchange_dir,
+            timeout_s)
+  shares = []
+  for path in paths:
+    with np.load(path) as z:
+      shares.append((z["count"], z["mean"], z["m2"]))
+  for c in range(len(bounds)):
+    n, mean, m2 = shares[c % count]
+    yield stream.Moments(int(n[c // count]), mean[c // count], m2[c // count])
 
 
 def cache_key(entries: Iterable[Entry], fc: FeatureConfig) -> str:
@@ -124,34 +249,84 @@ def cache_key(entries: Iterable[Entry], fc: FeatureConfig) -> str:
   return h.hexdigest()[:20]
 
 
-def extract_features(corpus: Corpus, fc: FeatureConfig, root: str, num_workers: int = 0) -> _Store:
-  """Features of every entry, from the cache where present; bad files are warned about and skipped."""
+def extract_features(corpus: Corpus, fc: FeatureConfig, root: str, num_workers: int = 0, *,
+                     process_index: int = 0, process_count: int = 1, wait: bool = True,
+                     timeout_s: float = WAIT_TIMEOUT_S) -> _Store | None:
+  """Features of every entry, from the cache where present; bad files are warned about and skipped.
+
+  Process `process_index` of `process_count` extracts the shards i with
+  i % process_count == process_index, then waits (up to `timeout_s` seconds
+  without progress) for the other processes' shards. With `wait=False` it
+  returns None instead of waiting when shards are still missing.
+  """
+  _check_process(process_index, process_count)
   entries = list(corpus.entries)
   cache_dir = os.path.join(root, "features", f"{corpus.name}-{cache_key(entries, fc)}")
   os.makedirs(cache_dir, exist_ok=True)
   chunks = [entries[i:i + FILES_PER_SHARD] for i in range(0, len(entries), FILES_PER_SHARD)]
-  todo = [i for i in range(len(chunks)) if not _shard_complete(cache_dir, i)]
+  todo = [i for i in range(process_index, len(chunks), process_count)
+          if not _shard_complete(cache_dir, i)]
   if todo:
     _extract_chunks(chunks, todo, cache_dir, fc, num_workers)
-  index, shards, skipped, extracted_now = {}, [], [], set(todo)
-  for i in range(len(chunks)):
+  others = [i for i in range(len(chunks)) if not _shard_complete(cache_dir, i)]
+  if others and not wait:
+    return None
+  _wait_for(others, lambda i: _shard_complete(cache_dir, i),
+            lambda i: os.path.basename(_shard_path(cache_dir, i, "")), "feature shards",
+            process_count, cache_dir, timeout_s)
+  return _open_store(corpus, fc, cache_dir, len(chunks), set(todo))
+
+
+def _check_process(process_index: int, process_count: int) -> None:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
+
+
+def _wait_for(pending: Sequence[int], done: Callable[[int], bool], name: Callable[[int], str],
+              what: str, process_count: int, where: str, timeout_s: float) -> None:
+  """Polls until done(i) for every pending i; gives up after `timeout_s` s with none newly done."""
+  pending = [i for i in pending if not done(i)]
+  if pending:
+    log.info("waiting for %d %s from the other processes in %s", len(pending), what, where)
+  deadline, pause = time.monotonic() + timeout_s, 0.01
+  while pending:
+    if time.monotonic() >= deadline:
+      shown = ", ".join(name(i) for i in pending[:3]) + (", ..." if len(pending) > 3 else "")
+      raise DataError(
+          f"gave up after {timeout_s:g} s without progress waiting for {len(pending)} {what} "
+          f"({shown}) from the other processes (process_count={process_count}) in {where}: check that "
+          "every process runs with the same corpus, config and data.cache_dir on a shared "
+          "filesystem, and that none of them failed")
+    time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+    pause = min(2 * pause, 1.0)
+    still = [i for i in pending if not done(i)]
+    if len(still) < len(pending):
+      deadline = time.monotonic() + timeout_s
+    pending = still
+
+
+def _open_store(corpus: Corpus, fc: FeatureConfig, cache_dir: str, num_shards: int,
+                extracted_now: set[int]) -> _Store:
+  index, files, skipped = {}, [], []
+  for i in range(num_shards):
     with open(_shard_path(cache_dir, i, ".json")) as f:
       meta = json.load(f)
-    shards.append(np.load(_shard_path(cache_dir, i, ".npy"), mmap_mode="r"))
+    files.append(stream.ShardFile.open(_shard_path(cache_dir, i, ".npy")))
     for name, start, length in meta["kept"]:
       index[name] = (i, start, length)
-    if i not in extracted_now:  # Files skipped in an earlier run are still bad: say so again.
+    if i not in extracted_now:  # Skipped in an earlier run or by another process: say so here too.
       for path, reason in meta["skipped"]:
         log.warning("skipped %s: %s", path, reason)
     skipped.extend(meta["skipped"])
-  num_skipped, num_files = len(skipped) + len(corpus.skipped), len(entries) + len(corpus.skipped)
+  num_skipped = len(skipped) + len(corpus.skipped)
+  num_files = len(corpus.entries) + len(corpus.skipped)
   if num_skipped:
     log.warning("skipped %d of %d files of the %s corpus (reasons above)",
                 num_skipped, num_files, corpus.name)
   if not index:
     raise DataError(f"none of the {num_files} files of the {corpus.name} corpus is usable audio "
                     "(reasons above): check data.path")
-  return _Store(index, shards)
+  return _Store(cache_dir, index, files, fc.n_mels)
 
 
 def _shard_path(cache_dir: str, i: int, ext: str) -> str:
@@ -186,7 +361,9 @@ def _extract_chunks(chunks, todo, cache_dir, fc, num_workers):
         kept.append((entry.name, start, len(feats)))
         parts.append(feats)
         start += len(feats)
-      arr = np.concatenate(parts) if parts else np.zeros((0, fc.n_mels), np.float32)
+      # C order and float32: the streaming reader addresses rows by byte offset.
+      arr = np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, fc.n_mels)),
+                                 np.float32)
       _atomic_save(cache_dir, i, arr, {"kept": kept, "skipped": skipped})
   finally:
     bar.close()
@@ -208,14 +385,18 @@ def _extract_one(args: tuple[str, FeatureConfig]) -> tuple[np.ndarray | None, st
 
 def _atomic_save(cache_dir: str, i: int, arr: np.ndarray, meta: dict) -> None:
   # The .json is written last and marks the shard complete.
-  for ext, write in ((".npy", lambda f: np.save(f, arr)),
-                     (".json", lambda f: f.write(json.dumps(meta).encode()))):
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        write(f)
-      os.replace(tmp, _shard_path(cache_dir, i, ext))
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+  _atomic_write(_shard_path(cache_dir, i, ".npy"), lambda f: np.save(f, arr))
+  _atomic_write(_shard_path(cache_dir, i, ".json"), lambda f: f.write(json.dumps(meta).encode()))
+
+
+def _atomic_write(path: str, write: Callable) -> None:
+  """Writes through a temporary file, so `path` is either absent or complete."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
