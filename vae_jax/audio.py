@@ -13,6 +13,11 @@ SILENCE_PEAK = 1e-5
 MAX_ABS_SAMPLE = 1e3
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 64
+# Samples (frames x channels) one file may hold: 512 MiB as float32, about 70 minutes of mono
+# audio at 32 kHz. soundfile allocates what the header claims before decoding, so a header
+# claiming more is refused before reading.
+MAX_SAMPLES = 1 << 27
 
 
 class BadAudio(ValueError):
@@ -42,13 +47,20 @@ def read_audio(path: str, sample_rate: int, min_samples: int = 1) -> np.ndarray:
     raise BadAudio(f"unreadable audio ({_short(e, path)})") from None
   if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
     raise BadAudio(f"implausible sample rate {info.samplerate} Hz")
-  if info.channels < 1 or info.channels > 64:
+  if info.channels < 1 or info.channels > MAX_CHANNELS:
     raise BadAudio(f"implausible channel count {info.channels}")
+  if info.frames < 0 or info.frames * info.channels > MAX_SAMPLES:
+    hours = info.frames / info.samplerate / 3600
+    raise BadAudio(f"header claims {info.frames} frames x {info.channels} channels ({hours:.3g} h), "
+                   f"more than the {MAX_SAMPLES} samples one file may hold")
   try:
     data, file_rate = sf.read(path, dtype="float32", always_2d=True)
   except Exception as e:
     raise BadAudio(f"unreadable audio ({_short(e, path)})") from None
-  return check_and_resample(data.mean(axis=1), file_rate, sample_rate, min_samples)
+  # Checked before the downmix, whose sum would overflow on garbage values.
+  _check_values(data)
+  mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
+  return check_and_resample(mono, file_rate, sample_rate, min_samples)
 
 
 def check_and_resample(
@@ -60,13 +72,7 @@ def check_and_resample(
     raise BadAudio(f"expected a mono waveform, got shape {wave.shape}")
   if wave.size == 0:
     raise BadAudio("no samples")
-  if not np.all(np.isfinite(wave)):
-    raise BadAudio("NaN or infinite samples")
-  peak = float(np.max(np.abs(wave)))
-  if peak > MAX_ABS_SAMPLE:
-    raise BadAudio(f"sample values up to {peak:.3g}, expected audio in [-1, 1]")
-  if peak < SILENCE_PEAK:
-    raise BadAudio("all silent")
+  _check_values(wave)
   if rate != sample_rate:
     import librosa  # pylint: disable=g-import-not-at-top
 
@@ -79,6 +85,19 @@ def check_and_resample(
     ms = 1000 * wave.size / sample_rate
     raise BadAudio(f"too short ({ms:.1f} ms; at least one analysis window is needed)")
   return wave
+
+
+def _check_values(wave: np.ndarray) -> None:
+  """Raises BadAudio for NaN/inf samples, garbage magnitudes or silence."""
+  if wave.size == 0:
+    raise BadAudio("no samples")
+  if not np.all(np.isfinite(wave)):
+    raise BadAudio("NaN or infinite samples")
+  peak = float(np.max(np.abs(wave)))
+  if peak > MAX_ABS_SAMPLE:
+    raise BadAudio(f"sample values up to {peak:.3g}, expected audio in [-1, 1]")
+  if peak < SILENCE_PEAK:
+    raise BadAudio("all silent")
 
 
 def write_audio(path: str, wave: np.ndarray, sample_rate: int) -> None:

@@ -1,33 +1,101 @@
-"""Orbax checkpoints: the train state plus the loader position and the feature normalisation."""
+"""Orbax checkpoints: the train state plus the loader position and the feature normalisation.
 
+Orbax does not check what it reads back, so every step directory carries an
+integrity record (`integrity.json`: the size and sha256 of each of its files).
+The record is written into Orbax's temporary directory after the data is
+finalised and before the directory is renamed into place, so a step becomes
+visible together with its record: there is no moment at which a complete step
+lacks one, and a step without a record next to steps that have one is
+incomplete or tampered with. Directories written before records existed hold
+no record at all; their steps are restored unverified, with a warning.
+"""
+
+import contextlib
+import glob
+import hashlib
+import json
+import logging
 import os
-from typing import Any
+import shutil
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
 
 from vae_jax.errors import CheckpointError
 
+log = logging.getLogger("vae_jax")
+
 BEST_METRIC = "eval/loss"
+INTEGRITY_FILE = "integrity.json"
+METRICS_FILE = "metrics/metrics"  # Orbax's copy of the metrics passed to save().
+# Orbax rewrites these after the record is written (commit time stamp, commit marker);
+# they describe the commit rather than hold checkpoint data.
+UNHASHED_FILES = frozenset({INTEGRITY_FILE, "_CHECKPOINT_METADATA", "commit_success.txt"})
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+_CHUNK = 1 << 20
 
 
 class Checkpointer:
   """Keeps the latest `keep` checkpoints and the best one by eval loss (lower is better)."""
 
-  def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True, create: bool = True):
+  def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True, create: bool = True,
+               read_only: bool = False):
+    """`read_only` (for evaluation while a run may still be writing): no tmp clean-up, no saves."""
     self.directory = os.path.abspath(directory)
-    if not create and not os.path.isdir(self.directory):
+    if (read_only or not create) and not os.path.isdir(self.directory):
       raise CheckpointError(f"no checkpoints in {self.directory}")
+    self.async_save = async_save
+    self._sealing: int | None = None  # The step whose save is in flight.
+    self._checked: dict[int, bool] = {}  # step -> True (verified) or False (no record, legacy).
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=keep),
         # reverse=True sorts by descending loss, so the kept tail holds the lowest loss.
         ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
                                       keep_checkpoints_without_metrics=False),
     ])
+    # Saves always go through Orbax's async path: only it runs a hook between finalising the
+    # data and renaming the directory, which is where the integrity record is written.
+    # best_fn also makes Orbax store the metrics, without which BestN has nothing to rank.
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=async_save, create=create,
-        cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+        preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC], best_mode="min",
+        enable_async_checkpointing=True, create=create and not read_only, read_only=read_only,
+        save_interval_steps=0 if read_only else 1, cleanup_tmp_directories=not read_only,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._seal))
+    if not read_only:
+      self._remove_partial_saves()
+    self._check_metrics_files(read_only)
+    try:
+      with _quiet_absl():  # Orbax warns that a read-only manager is read-only.
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+    except Exception as e:  # e.g. unreadable step metadata: say which directory, in one line.
+      raise CheckpointError(f"cannot open the checkpoints in {self.directory}: {_first_line(e)}") from None
+
+  def _remove_partial_saves(self) -> None:
+    """Deletes the temporary directories of saves a crash interrupted, before Orbax lists steps."""
+    # Orbax would do this too, but in the background; done here it is over when __init__ returns.
+    if jax.process_index() != 0:
+      return
+    for path in sorted(glob.glob(os.path.join(self.directory, f"*{_TMP_SUFFIX}*"))):
+      log.info("removing %s: a checkpoint save that did not finish", path)
+      shutil.rmtree(path, ignore_errors=True)
+
+  def _check_metrics_files(self, read_only: bool) -> None:
+    """Orbax parses every step's metrics when it opens a directory and fails on a corrupt one."""
+    for path in sorted(glob.glob(os.path.join(self.directory, "*", METRICS_FILE))):
+      step_dir = os.path.dirname(os.path.dirname(path))
+      if not os.path.basename(step_dir).isdigit():
+        continue
+      try:
+        with open(path) as f:
+          json.load(f)
+      except (OSError, ValueError):
+        problem = f"checkpoint {step_dir} is corrupt: {METRICS_FILE} is unreadable"
+        if read_only or jax.process_index() != 0:
+          raise CheckpointError(problem) from None
+        # Left in place it would make every checkpoint here unreadable.
+        dest = self._set_aside(int(os.path.basename(step_dir)))
+        log.warning("%s (moved to %s)", problem, dest)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -38,23 +106,136 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.manager.best_step()
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
     """Saves a host-side (unreplicated) state and a JSON-able `meta` dict."""
-    self.manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=True)
+    # One save in flight at a time, so the sealing hook knows which step it finalises.
+    self.manager.wait_until_finished()
+    self._sealing = step
+    self._checked.pop(step, None)
+    with _quiet_absl():  # Orbax warns about every save without metrics (most are).
+      self.manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          metrics=metrics, force=True)
+    if not self.async_save:
+      self.manager.wait_until_finished()
 
-  def restore_meta(self, step: int | None = None) -> dict:
-    step = self._step(step)
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  def _seal(self) -> None:
+    """Writes the integrity record of the step being finalised (runs on Orbax's save thread)."""
+    step, self._sealing = self._sealing, None
+    if step is None or jax.process_index() != 0:
+      return
+    write_integrity_record(self._unfinalised_dir(step))
 
-  def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
-    """Restores (state, meta) with the structure, shapes and shardings of `target`."""
-    step = self._step(step)
+  def _unfinalised_dir(self, step: int) -> str:
+    # Orbax names the directory `<step>.orbax-checkpoint-tmp[-<suffix>]` until it renames it.
+    tmp = sorted(glob.glob(os.path.join(self.directory, f"{step}{_TMP_SUFFIX}*")), key=os.path.getmtime)
+    if tmp:
+      return tmp[-1]
+    if os.path.isdir(self.step_dir(step)):  # Orbax versions that rename before the hook.
+      return self.step_dir(step)
+    raise CheckpointError(f"the directory of checkpoint {step} in {self.directory} vanished while saving")
+
+  def verify(self, step: int) -> bool:
+    """True if the step matches its integrity record, False if it predates records; else CheckpointError."""
+    if step in self._checked:
+      return self._checked[step]
+    path = self.step_dir(step)
+    if not os.path.exists(os.path.join(path, INTEGRITY_FILE)):
+      sealed = [s for s in self.all_steps() if os.path.exists(os.path.join(self.step_dir(s), INTEGRITY_FILE))]
+      if sealed:
+        raise CheckpointError(f"checkpoint {path} is corrupt: it has no {INTEGRITY_FILE} although "
+                              f"checkpoint {sealed[-1]} has one (an interrupted save or deletion)")
+      log.warning("checkpoint %s has no %s (saved by an older version): restoring it unverified",
+                  path, INTEGRITY_FILE)
+      self._checked[step] = False
+      return False
+    problem = integrity_problem(path)
+    if problem:
+      raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
+    self._checked[step] = True
+    return True
+
+  def latest_good_step(self, *, set_aside: bool = False) -> int | None:
+    """The newest step that passes `verify`, with one warning naming the corrupt ones passed over.
+
+    `set_aside` moves those corrupt steps to `<directory>-corrupt/` so that training can save
+    steps with the same numbers again. None if there are no checkpoints; CheckpointError if
+    there are some but none is intact.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    corrupt = []
+    for step in steps:
+      try:
+        self.verify(step)
+      except CheckpointError as e:
+        corrupt.append((step, str(e)))
+        continue
+      if corrupt:
+        self._fall_back(corrupt, step, set_aside)
+      return step
+    if corrupt:
+      raise CheckpointError(f"no intact checkpoint in {self.directory} ({len(corrupt)} corrupt; newest: "
+                            f"{corrupt[0][1]}): move the directory away to start again")
+    return None
+
+  def _fall_back(self, corrupt: list[tuple[int, str]], good: int, set_aside: bool) -> None:
+    moved = ""
+    if set_aside:
+      for step, _ in corrupt:
+        self._set_aside(step)
+      self.manager.reload()
+      moved = f" (moved to {self.directory}-corrupt)"
+    reasons = "; ".join(reason for _, reason in corrupt)
+    log.warning("%s%s; falling back to checkpoint %s", reasons, moved, self.step_dir(good))
+
+  def _set_aside(self, step: int) -> str:
+    parent = f"{self.directory}-corrupt"
+    os.makedirs(parent, exist_ok=True)
+    dest, n = os.path.join(parent, str(step)), 1
+    while os.path.exists(dest):
+      dest, n = os.path.join(parent, f"{step}-{n}"), n + 1
+    shutil.move(self.step_dir(step), dest)
+    self._checked.pop(step, None)
+    return dest
+
+  def restore_meta(self, step: int | None = None, *, verify: bool = True, fallback: bool = False) -> dict:
+    """The `meta` dict of a step (default: the latest; with `fallback`, the latest intact one)."""
+    step = self._choose(step, verify, fallback)
+    return self._restore(step, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, target: Any, step: int | None = None, *, verify: bool = True,
+              fallback: bool = False) -> tuple[Any, dict]:
+    """Restores (state, meta) with the structure, shapes and shardings of `target`.
+
+    The step (default: the latest) is checked against its integrity record first: a corrupt
+    one raises CheckpointError, or with `fallback` (and no explicit step) the newest intact
+    step is used instead, with a warning.
+    """
+    step = self._choose(step, verify, fallback)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    out = self.manager.restore(step, args=ocp.args.Composite(
+    out = self._restore(step, ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
+
+  def _choose(self, step: int | None, verify: bool, fallback: bool) -> int:
+    if step is None and fallback:
+      step = self.latest_good_step()
+    step = self._step(step)
+    if step not in self.all_steps():
+      raise CheckpointError(f"no checkpoint {step} in {self.directory} (steps: {self.all_steps()})")
+    if verify:
+      self.verify(step)
+    return step
+
+  def _restore(self, step: int, args: ocp.args.Composite) -> dict:
+    try:
+      return self.manager.restore(step, args=args)
+    except Exception as e:  # Orbax and TensorStore errors span many lines: keep the first.
+      raise CheckpointError(
+          f"checkpoint {self.step_dir(step)} cannot be restored: {_first_line(e)}") from None
 
   def _step(self, step: int | None) -> int:
     step = self.latest_step() if step is None else step
@@ -68,3 +249,77 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _hashed_files(step_dir: str) -> dict[str, str]:
+  """Relative path (with '/') -> absolute path of every file the record covers."""
+  out = {}
+  for root, dirs, names in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir).replace(os.sep, "/")
+      if rel not in UNHASHED_FILES:
+        out[rel] = path
+  return out
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def write_integrity_record(step_dir: str) -> None:
+  """Writes `integrity.json` (size and sha256 of every file) into a finalised step directory."""
+  files = {rel: {"size": os.path.getsize(p), "sha256": _sha256(p)}
+           for rel, p in _hashed_files(step_dir).items()}
+  tmp = os.path.join(step_dir, INTEGRITY_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump({"version": 1, "files": files}, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(step_dir, INTEGRITY_FILE))
+
+
+def integrity_problem(step_dir: str) -> str | None:
+  """None if the step directory matches its integrity record, else what is wrong (one line)."""
+  try:
+    with open(os.path.join(step_dir, INTEGRITY_FILE)) as f:
+      expected = json.load(f)["files"]
+    expected = {rel: (int(v["size"]), str(v["sha256"])) for rel, v in expected.items()}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    return f"its {INTEGRITY_FILE} is unreadable ({type(e).__name__})"
+  found = _hashed_files(step_dir)
+  missing = sorted(set(expected) - set(found))
+  if missing:
+    return f"{missing[0]} is missing" + (f" (and {len(missing) - 1} more files)" if len(missing) > 1 else "")
+  extra = sorted(set(found) - set(expected))
+  if extra:
+    return f"{extra[0]} is not in its {INTEGRITY_FILE}"
+  for rel, (size, _) in expected.items():  # Sizes first: truncation is found without reading.
+    actual = os.path.getsize(found[rel])
+    if actual != size:
+      return f"{rel} has {actual} bytes instead of {size} (truncated or overwritten)"
+  for rel, (_, digest) in expected.items():
+    if _sha256(found[rel]) != digest:
+      return f"{rel} differs from its recorded sha256 (altered)"
+  return None
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:200] if text else type(e).__name__

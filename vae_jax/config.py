@@ -2,6 +2,7 @@
 
 import difflib
 import importlib.util
+import math
 import os
 import sys
 from typing import Any, Callable
@@ -61,16 +62,11 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
   node[leaf] = value
 
 
-def _check(config, field: str, ok: Callable[[Any], bool], accepted: str) -> None:
+def _value(config, field: str) -> Any:
   node = config
   for part in field.split("."):
     node = node[part]
-  try:
-    good = ok(node)
-  except TypeError:
-    good = False
-  if not good:
-    raise ConfigError(f"config field {field}={node!r} is out of range: it must be {accepted}")
+  return node
 
 
 def _is_int(x) -> bool:
@@ -81,69 +77,147 @@ def _is_num(x) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _is_ints(x) -> bool:
+  return isinstance(x, (tuple, list)) and all(_is_int(v) for v in x)
+
+
+# What each kind of field holds; a value of another type is refused before its range is checked.
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "int": _is_int, "num": _is_num, "str": lambda x: isinstance(x, str),
+    "bool": lambda x: isinstance(x, bool), "ints": _is_ints,
+}
+
+
+def _check(config, field: str, kind: str, ok: Callable[[Any], bool], accepted: str) -> None:
+  try:
+    value = _value(config, field)
+  except (KeyError, AttributeError):
+    raise ConfigError(f"config field {field} is missing: it must be {accepted}") from None
+  if not _TYPES[kind](value):
+    raise ConfigError(f"config field {field}={value!r} has the wrong type: it must be {accepted}")
+  if not ok(value):
+    raise ConfigError(f"config field {field}={value!r} is out of range: it must be {accepted}")
+
+
+def _any(_) -> bool:
+  return True
+
+
+def _pos(x) -> bool:
+  return x > 0
+
+
+def _nonneg(x) -> bool:
+  return x >= 0
+
+
+# Native rate of the fixed corpora: higher feature rates upsample and leave the mel bands
+# above the recordings' Nyquist frequency empty.
+CORPUS_SAMPLE_RATES = {"fsdd": 8000}
+
+
+def _get(config, field: str) -> Any:
+  try:
+    return _value(config, field)
+  except (KeyError, AttributeError):
+    return None
+
+
+def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
+  """(field, kind, in range, accepted values) for every field the code reads."""
+  stride = _time_stride(config)
+  strides = _get(config, "model.strides") if _is_ints(_get(config, "model.strides")) else ()
+  corpus = _get(config, "data.corpus")
+  return [
+      ("seed", "int", _any, "an integer"),
+      ("data.corpus", "str", lambda x: x in ("synthetic", "fsdd", "folder"),
+       "'synthetic', 'fsdd' or 'folder'"),
+      ("data.path", "str", lambda x: bool(x) or corpus == "synthetic",
+       "a path (unused by the synthetic corpus)" if corpus == "synthetic"
+       else f"the {corpus} audio directory (a non-empty path)"),
+      ("data.cache_dir", "str", _any, "a directory path ('' for $VAE_JAX_CACHE or ~/.cache/vae-jax)"),
+      ("data.segment_frames", "int", _pos, "a positive integer"),
+      ("data.test_fraction", "num", lambda x: 0 < x < 1, "in (0, 1)"),
+      ("data.num_workers", "int", _nonneg, "an integer >= 0 (0: one per core)"),
+      ("data.prefetch", "int", _nonneg, "an integer >= 0"),
+      ("data.max_memory_mb", "int", _pos, "a positive integer"),
+      ("synthetic.num_speakers", "int", lambda x: 1 <= x <= 64, "an integer in [1, 64]"),
+      ("synthetic.utterances_per_speaker", "int", lambda x: x >= 10, "an integer >= 10"),
+      ("synthetic.seed", "int", _any, "an integer"),
+      ("features.sample_rate", "int", lambda x: 1000 <= x <= CORPUS_SAMPLE_RATES.get(corpus, 384_000),
+       _sample_rate_range(corpus)),
+      ("features.n_fft", "int", lambda x: x >= 16, "an integer >= 16"),
+      ("features.win_length", "int", _pos, "a positive integer (at most features.n_fft)"),
+      ("features.hop_length", "int", _pos, "a positive integer (at most features.win_length)"),
+      ("features.window", "str", _any, "a window name librosa knows, e.g. 'hann'"),
+      ("features.n_mels", "int", _pos, "a positive integer"),
+      ("features.fmin", "num", _nonneg, "a frequency >= 0 Hz"),
+      ("features.fmax", "num", _pos, "a positive frequency in Hz (at most sample_rate / 2)"),
+      ("features.log_floor", "num", _pos, "a positive amplitude, e.g. 1e-5"),
+      ("model.name", "str", lambda x: x in ("conv", "mlp"), "'conv' or 'mlp'"),
+      ("model.latent_channels", "int", _pos, "a positive integer"),
+      ("model.channels", "int", _pos, "a positive integer"),
+      ("model.strides", "ints", lambda x: len(x) >= 1 and all(s > 0 for s in x),
+       "a non-empty tuple of positive integers"),
+      ("model.channel_multipliers", "ints", lambda x: len(x) == len(strides) and all(s > 0 for s in x),
+       f"a tuple of {len(strides)} positive integers (one per stride)"),
+      ("model.blocks_per_stage", "int", _nonneg, "an integer >= 0"),
+      ("model.kernel_size", "int", lambda x: x > 0 and x % 2 == 1, "a positive odd integer"),
+      ("model.mlp_hidden", "ints", lambda x: len(x) >= 1 and all(s > 0 for s in x),
+       "a non-empty tuple of positive integers"),
+      ("data.segment_frames", "int", lambda x: x % stride == 0,
+       f"a multiple of the model's time stride {stride} (product of model.strides)"),
+      ("model.conv_impl", "str", lambda x: x in ("auto", "lax", "matmul"), "'auto', 'lax' or 'matmul'"),
+      ("model.deterministic", "bool", _any, "true or false"),
+      ("model.dtype", "str", lambda x: x in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+      ("model.init_log_scale", "num", math.isfinite, "a finite number"),
+      ("loss.beta", "num", _nonneg, "a number >= 0"),
+      ("loss.kl_warmup_steps", "int", _nonneg, "an integer >= 0"),
+      ("loss.free_bits", "num", _nonneg, "a number >= 0"),
+      ("optim.learning_rate", "num", lambda x: 0 < x < 1, "in (0, 1)"),
+      ("optim.warmup_steps", "int", _nonneg, "an integer >= 0"),
+      ("optim.end_lr_factor", "num", lambda x: 0 <= x <= 1, "in [0, 1]"),
+      ("optim.weight_decay", "num", _nonneg, "a number >= 0"),
+      ("optim.b1", "num", lambda x: 0 <= x < 1, "in [0, 1)"),
+      ("optim.b2", "num", lambda x: 0 <= x < 1, "in [0, 1)"),
+      ("optim.grad_clip_norm", "num", _nonneg, "a number >= 0 (0 disables clipping)"),
+      ("train.num_steps", "int", _pos, "a positive integer"),
+      ("train.max_steps_per_run", "int", _nonneg, "an integer >= 0 (0: no limit)"),
+      ("train.batch_size", "int", _pos, "a positive integer (a multiple of the device count)"),
+      ("train.parallel", "str", lambda x: x in ("pmap", "shard_map"), "'pmap' or 'shard_map'"),
+      ("train.num_devices", "int", _nonneg, "an integer >= 0 (0: all local devices)"),
+      ("train.log_every", "int", _pos, "a positive integer"),
+      ("train.eval_every", "int", _pos, "a positive integer"),
+      ("train.checkpoint_every", "int", _pos, "a positive integer"),
+      ("train.keep_checkpoints", "int", _pos, "a positive integer"),
+      ("train.async_checkpoints", "bool", _any, "true or false"),
+      ("train.on_nonfinite", "str", lambda x: x in ("stop", "skip"), "'stop' or 'skip'"),
+      ("train.progress_bar", "bool", _any, "true or false"),
+      ("eval.batch_size", "int", _pos, "a positive integer"),
+      ("eval.length_multiple", "int", lambda x: x > 0 and x % stride == 0,
+       f"a positive multiple of the model's time stride {stride}"),
+      ("eval.max_utterances", "int", _nonneg, "an integer >= 0 (0: all)"),
+      ("eval.iwae_samples", "int", _pos, "a positive integer"),
+      ("eval.griffin_lim_iters", "int", _pos, "a positive integer"),
+      ("eval.num_audio_examples", "int", _nonneg, "an integer >= 0"),
+      ("eval.audio_metrics", "bool", _any, "true or false"),
+  ]
+
+
+def _sample_rate_range(corpus: Any) -> str:
+  native = CORPUS_SAMPLE_RATES.get(corpus) if isinstance(corpus, str) else None
+  if native is None:
+    return "an integer in [1000, 384000] Hz"
+  return (f"an integer in [1000, {native}] Hz for the {corpus} corpus, which is recorded at {native} Hz "
+          f"(a higher rate upsamples and leaves the mel bands above {native // 2} Hz empty)")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Returns the config, or raises ConfigError naming the first bad field and its accepted range."""
   from vae_jax.features import FeatureConfig  # pylint: disable=g-import-not-at-top
 
-  pos_int = lambda x: _is_int(x) and x > 0
-  nonneg_int = lambda x: _is_int(x) and x >= 0
-  nonneg = lambda x: _is_num(x) and x >= 0
-  checks = [
-      ("seed", _is_int, "an integer"),
-      ("data.corpus", lambda x: x in ("synthetic", "fsdd", "folder"), "'synthetic', 'fsdd' or 'folder'"),
-      ("data.segment_frames", pos_int, "a positive integer"),
-      ("data.test_fraction", lambda x: _is_num(x) and 0 < x < 1, "in (0, 1)"),
-      ("data.num_workers", nonneg_int, "an integer >= 0 (0: one per core)"),
-      ("data.prefetch", nonneg_int, "an integer >= 0"),
-      ("data.max_memory_mb", pos_int, "a positive integer"),
-      ("synthetic.num_speakers", lambda x: _is_int(x) and 1 <= x <= 64, "an integer in [1, 64]"),
-      ("synthetic.utterances_per_speaker", lambda x: _is_int(x) and x >= 10, "an integer >= 10"),
-      ("model.name", lambda x: x in ("conv", "mlp"), "'conv' or 'mlp'"),
-      ("model.latent_channels", pos_int, "a positive integer"),
-      ("model.channels", pos_int, "a positive integer"),
-      ("model.strides", lambda x: len(x) >= 1 and all(pos_int(s) for s in x), "a non-empty tuple of positive integers"),
-      ("model.channel_multipliers", lambda x: len(x) == len(config.model.strides) and all(pos_int(s) for s in x),
-       f"a tuple of {len(config.model.strides)} positive integers (one per stride)"),
-      ("model.blocks_per_stage", nonneg_int, "an integer >= 0"),
-      ("model.kernel_size", lambda x: pos_int(x) and x % 2 == 1, "a positive odd integer"),
-      ("model.mlp_hidden", lambda x: len(x) >= 1 and all(pos_int(s) for s in x), "a non-empty tuple of positive integers"),
-      ("model.conv_impl", lambda x: x in ("auto", "lax", "matmul"), "'auto', 'lax' or 'matmul'"),
-      ("model.dtype", lambda x: x in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
-      ("model.init_log_scale", _is_num, "a number"),
-      ("loss.beta", nonneg, "a number >= 0"),
-      ("loss.kl_warmup_steps", nonneg_int, "an integer >= 0"),
-      ("loss.free_bits", nonneg, "a number >= 0"),
-      ("optim.learning_rate", lambda x: _is_num(x) and 0 < x < 1, "in (0, 1)"),
-      ("optim.warmup_steps", nonneg_int, "an integer >= 0"),
-      ("optim.end_lr_factor", lambda x: _is_num(x) and 0 <= x <= 1, "in [0, 1]"),
-      ("optim.weight_decay", nonneg, "a number >= 0"),
-      ("optim.b1", lambda x: _is_num(x) and 0 <= x < 1, "in [0, 1)"),
-      ("optim.b2", lambda x: _is_num(x) and 0 <= x < 1, "in [0, 1)"),
-      ("optim.grad_clip_norm", nonneg, "a number >= 0 (0 disables clipping)"),
-      ("train.num_steps", pos_int, "a positive integer"),
-      ("train.max_steps_per_run", nonneg_int, "an integer >= 0 (0: no limit)"),
-      ("train.batch_size", pos_int, "a positive integer"),
-      ("train.parallel", lambda x: x in ("pmap", "shard_map"), "'pmap' or 'shard_map'"),
-      ("train.num_devices", nonneg_int, "an integer >= 0 (0: all local devices)"),
-      ("train.log_every", pos_int, "a positive integer"),
-      ("train.eval_every", pos_int, "a positive integer"),
-      ("train.checkpoint_every", pos_int, "a positive integer"),
-      ("train.keep_checkpoints", pos_int, "a positive integer"),
-      ("train.on_nonfinite", lambda x: x in ("stop", "skip"), "'stop' or 'skip'"),
-      ("eval.batch_size", pos_int, "a positive integer"),
-      ("eval.length_multiple", lambda x: pos_int(x) and x % _time_stride(config) == 0,
-       f"a positive multiple of the model's time stride {_time_stride(config)}"),
-      ("eval.max_utterances", nonneg_int, "an integer >= 0 (0: all)"),
-      ("eval.iwae_samples", pos_int, "a positive integer"),
-      ("eval.griffin_lim_iters", pos_int, "a positive integer"),
-      ("eval.num_audio_examples", nonneg_int, "an integer >= 0"),
-  ]
-  for field, ok, accepted in checks:
-    _check(config, field, ok, accepted)
-  stride = _time_stride(config)
-  if config.data.segment_frames % stride:
-    raise ConfigError(f"config field data.segment_frames={config.data.segment_frames} must be a multiple "
-                      f"of the model's time stride {stride} (product of model.strides)")
+  for field, kind, ok, accepted in _checks(config):
+    _check(config, field, kind, ok, accepted)
   FeatureConfig.from_config(config.features)
   return config
 
@@ -152,6 +226,7 @@ def _time_stride(config) -> int:
   from vae_jax.models import time_stride  # pylint: disable=g-import-not-at-top
 
   try:
-    return time_stride(config)
-  except TypeError:
+    stride = time_stride(config)
+  except (TypeError, KeyError, AttributeError):  # Bad or missing fields: refused by their checks.
     return 1
+  return stride if _is_int(stride) and stride > 0 else 1

@@ -1,5 +1,6 @@
 """Training: the per-device ELBO step and the loop around it (logging, evaluation, checkpoints)."""
 
+import contextlib
 import functools
 import json
 import logging
@@ -111,60 +112,140 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from the workdir's latest checkpoint), evaluates, and writes a report."""
+  """Trains (resuming from the workdir's latest intact checkpoint), evaluates, and writes a report.
+
+  SIGTERM or SIGINT stops the run cleanly: during start-up at the end of the current phase
+  (nothing new to save), later after the current step, with a checkpoint. Rerunning the
+  same command resumes.
+  """
+  with _StopSignals() as signals:
+    try:
+      return _train_and_evaluate(config, workdir, signals)
+    except _Interrupted as e:
+      print(f"received {e.signal} before the first step of this run: nothing new to save; "
+            "rerun the same command to continue", flush=True)
+      return {"step": None, "stopped_by_signal": True, "skipped_updates": 0}
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        signals: "_StopSignals") -> dict[str, Any]:
   validate(config)
+  devices = _devices(config)  # Device-dependent config checks, before anything is written.
   os.makedirs(workdir, exist_ok=True)
-  devices = _devices(config)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                      async_save=config.train.async_checkpoints)
-  resume_step = ckpt.latest_step()
-  meta = ckpt.restore_meta(resume_step) if resume_step is not None else None
-  _check_resumable(workdir, config, meta)
-  _write_config(workdir, config)
+  with contextlib.ExitStack() as cleanup:
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                        async_save=config.train.async_checkpoints)
+    cleanup.callback(ckpt.close)
+    # Corrupt newer steps are set aside, so that the steps they held can be saved again.
+    resume_step = ckpt.latest_good_step(set_aside=True)
+    meta = ckpt.restore_meta(resume_step) if resume_step is not None else None
+    _check_resumable(workdir, config, meta)
+    _write_config(workdir, config)
+    signals.check()
 
-  normalizer = Normalizer.from_dict(meta["normalizer"]) if meta else None
-  data = load_dataset(config, normalizer)
-  model = build_model(config)
-  base_key = jax.random.key(config.seed)
-  state = create_train_state(config, model, jax.random.fold_in(base_key, 0))
-  loader = TrainLoader(data.train, data.normalizer, global_batch=config.train.batch_size,
-                       num_local_devices=len(devices), segment_frames=config.data.segment_frames,
-                       seed=config.seed, prefetch=config.data.prefetch)
-  if meta:
-    state, meta = ckpt.restore(state, resume_step)
-    loader.restore(LoaderState.from_dict(meta["loader"]))
-    log.warning("resumed from %s", os.path.join(ckpt.directory, str(resume_step)))
-  _save_normalizer(workdir, data.normalizer)
+    normalizer = Normalizer.from_dict(meta["normalizer"]) if meta else None
+    data = load_dataset(config, normalizer)
+    signals.check()
+    model = build_model(config)
+    base_key = jax.random.key(config.seed)
+    state = create_train_state(config, model, jax.random.fold_in(base_key, 0))
+    signals.check()
+    loader = TrainLoader(data.train, data.normalizer, global_batch=config.train.batch_size,
+                         num_local_devices=len(devices), segment_frames=config.data.segment_frames,
+                         seed=config.seed, prefetch=config.data.prefetch)
+    cleanup.callback(loader.close)
+    if meta:
+      state, meta = ckpt.restore(state, resume_step)
+      loader.restore(LoaderState.from_dict(meta["loader"]))
+      log.info("resumed from %s", ckpt.step_dir(resume_step))
+    _save_normalizer(workdir, data.normalizer)
 
-  from vae_jax.parallel import DataParallel  # pylint: disable=g-import-not-at-top
+    from vae_jax.parallel import DataParallel  # pylint: disable=g-import-not-at-top
 
-  step_fn = functools.partial(train_step, model=model, config=config)
-  parallel = DataParallel(step_fn, devices, config.train.parallel)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  loop = _Loop(config, workdir, data, model, parallel, ckpt, writer, loader, base_key)
-  try:
+    step_fn = functools.partial(train_step, model=model, config=config)
+    parallel = DataParallel(step_fn, devices, config.train.parallel)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    cleanup.callback(writer.close)
+    loop = _Loop(config, workdir, data, model, parallel, ckpt, writer, loader, base_key, signals)
+    loop.resume_from(meta)
     return loop.run(parallel.put_state(state))
-  finally:
-    loader.close()
-    writer.close()
-    ckpt.close()
+
+
+class _Interrupted(BaseException):
+  """A stop signal during start-up; a BaseException so that `except Exception` cannot swallow it."""
+
+  def __init__(self, signal_name: str):
+    super().__init__(signal_name)
+    self.signal = signal_name
+
+
+class _StopSignals:
+  """Records SIGTERM and SIGINT; start-up stops at its next phase, training after its current step.
+
+  The handler only sets a flag: an exception raised from a signal handler can land in a
+  garbage-collection callback, where Python prints and drops it.
+  """
+
+  def __init__(self):
+    self.received: str | None = None
+    self.deferred = False  # True once the loop runs: a signal then asks for a checkpoint first.
+    self._previous = {}
+
+  def __enter__(self) -> "_StopSignals":
+    for s in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[s] = signal.signal(s, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        break
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+
+  def check(self) -> None:
+    """Ends start-up (raises _Interrupted) if a signal came."""
+    if self.received is not None:
+      raise _Interrupted(self.received)
+
+  def start_training(self) -> None:
+    """From now on a signal means: save after the current step, then stop."""
+    self.deferred = True
+    self.check()
+
+  def _handle(self, signum: int, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.received is not None:
+      if signum == signal.SIGINT:  # Ctrl-C twice: the user does not want to wait for the save.
+        raise KeyboardInterrupt
+      return
+    self.received = name
+    then = ("saving a checkpoint after the current step" if self.deferred
+            else "stopping before training starts")
+    # os.write, not print: the handler may run while the main thread is inside a print.
+    os.write(2, f"received {name}: {then}\n".encode())
 
 
 def _devices(config) -> list[jax.Device]:
   devices = jax.local_devices()
   n = config.train.num_devices or len(devices)
   if n > len(devices):
-    raise ConfigError(f"train.num_devices={n} but only {len(devices)} local devices exist")
+    raise ConfigError(f"config field train.num_devices={n} is out of range: it must be at most the "
+                      f"{len(devices)} local devices (0: all of them)")
+  if config.train.batch_size % n:
+    raise ConfigError(f"config field train.batch_size={config.train.batch_size} is out of range: it must "
+                      f"be a multiple of the {n} devices in use (or set train.num_devices)")
   return devices[:n]
 
 
 def _check_resumable(workdir: str, config, meta) -> None:
   """Refuses to resume a run whose model or features differ from the config."""
-  path = os.path.join(workdir, "config.json")
-  if meta is None or not os.path.exists(path):
+  # The checkpoint's own copy: config.json may be newer than the checkpoint (a crash after
+  # writing it), the checkpoint's is what the state was trained with.
+  saved = (meta or {}).get("config")
+  if saved is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
   now = json.loads(config.to_json_best_effort())
   for section in ("model", "features"):
     if saved.get(section) != now.get(section):
@@ -172,39 +253,57 @@ def _check_resumable(workdir: str, config, meta) -> None:
                         "use a new --workdir or the original config")
 
 
+def _write_atomic(path: str, text: str) -> None:
+  """Writes a file so that a kill leaves either the old or the new content, never a mix."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def _write_config(workdir: str, config) -> None:
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  _write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _save_normalizer(workdir: str, normalizer: Normalizer) -> None:
-  with open(os.path.join(workdir, "normalizer.json"), "w") as f:
-    json.dump(normalizer.to_dict(), f)
+  _write_atomic(os.path.join(workdir, "normalizer.json"), json.dumps(normalizer.to_dict()))
+
+
+# Each skipped update is reported up to this many times; later ones are only counted.
+_SKIP_WARNINGS = 5
 
 
 class _Loop:
   """The host-side training loop; owns timing, logging, evaluation and checkpoint cadence."""
 
   def __init__(self, config, workdir, data: Dataset, model, parallel, ckpt: Checkpointer,
-               writer: MetricWriter, loader: TrainLoader, base_key):
+               writer: MetricWriter, loader: TrainLoader, base_key, signals: _StopSignals):
     self.config, self.workdir, self.data, self.model = config, workdir, data, model
     self.parallel, self.ckpt, self.writer, self.loader = parallel, ckpt, writer, loader
-    self.base_key = base_key
+    self.base_key, self.signals = base_key, signals
     self.eval_step = make_eval_step(model)
-    self.stop_signal = None
     self.skipped = 0
     self.last_eval: dict[str, Any] = {}
     self.last_eval_step = -1
+
+  def resume_from(self, meta: dict | None) -> None:
+    """Carries the skip count and the last evaluation over from a checkpoint's meta."""
+    if meta:
+      self.skipped = int(meta.get("skipped_updates", 0))
+      self.last_eval = dict(meta.get("last_eval", {}))
+      self.last_eval_step = int(meta.get("last_eval_step", -1))
 
   def run(self, state) -> dict[str, Any]:
     c = self.config.train
     step = int(jax.device_get(self.parallel.get_state(state).step))
     progress = Progress(c.num_steps, step, c.log_every, c.progress_bar)
-    previous = self._install_signal_handlers()
     train_key = jax.random.fold_in(self.base_key, 1)
     pending, window, t0 = None, [], time.perf_counter()
     last = c.num_steps if not c.max_steps_per_run else min(c.num_steps, step + c.max_steps_per_run)
     try:
+      self.signals.start_training()
+      if step >= c.num_steps and self.last_eval_step != step:
+        self._evaluate(step, state, progress)  # A stop signal skipped the final evaluation.
       while step < last:
         batch = self.parallel.put_batch(next(self.loader))
         state, metrics = self.parallel(state, batch, train_key)
@@ -212,51 +311,67 @@ class _Loop:
         if pending is not None:  # Read the previous step while this one runs.
           window.append(self._check(*pending))
         pending = (step, metrics)
-        if step % c.log_every == 0 or step == last or self.stop_signal:
+        stopping = self.signals.received is not None
+        log_now = step % c.log_every == 0 or step == last or stopping
+        # A preempted run saves first and leaves evaluation to the resumed one.
+        evaluate = not stopping and (step % c.eval_every == 0 or step == c.num_steps)
+        save = step % c.checkpoint_every == 0 or step == last or stopping
+        if log_now or evaluate or save:  # Evaluate and save only steps known to be finite.
           window.append(self._check(*pending))
           pending = None
+        if log_now:
           elapsed = time.perf_counter() - t0
           self._log(step, window, len(window) / max(elapsed, 1e-9), progress)
           window, t0 = [], time.perf_counter()
-        if step % c.eval_every == 0 or step == c.num_steps:
+        if evaluate:
           self._evaluate(step, state, progress)
-        if step % c.checkpoint_every == 0 or step == last or self.stop_signal:
+        if save:
           self._save(step, state)
-        if self.stop_signal:
+        if stopping:
           self.ckpt.wait()
-          progress.write(f"received {self.stop_signal}: saved a checkpoint at step {step}; "
+          progress.write(f"received {self.signals.received}: saved a checkpoint at step {step}; "
                          "rerun the same command to resume")
           break
       if pending is not None:
         self._check(*pending)
     finally:
       progress.close()
-      self._restore_signal_handlers(previous)
     self.ckpt.wait()
-    return {"step": step, **self.last_eval, "stopped_by_signal": bool(self.stop_signal)}
+    if self.skipped:
+      log.warning("skipped %d non-finite updates in total (train/skipped_updates)", self.skipped)
+    result = {"step": step, "stopped_by_signal": self.signals.received is not None,
+              "skipped_updates": self.skipped}
+    return {**result, **self.last_eval}
 
   def _check(self, step: int, metrics) -> dict[str, Any]:
     m = jax.device_get(metrics)
     if not bool(m["train/finite"]):
       if self.config.train.on_nonfinite == "stop":
+        self.ckpt.wait()  # Name a checkpoint that is on disk.
         latest = self.ckpt.latest_step()
-        where = os.path.join(self.ckpt.directory, str(latest)) if latest is not None else "none"
+        where = self.ckpt.step_dir(latest) if latest is not None else "none (no checkpoint saved yet)"
         raise NonFiniteError(
             f"non-finite loss or gradient at step {step}; last good checkpoint: {where} "
             "(lower optim.learning_rate, or set train.on_nonfinite=skip)")
       self.skipped += 1
+      if self.skipped <= _SKIP_WARNINGS:
+        later = "; further skips are only counted" if self.skipped == _SKIP_WARNINGS else ""
+        log.warning("step %d: non-finite loss or gradient, update skipped (%d so far%s)",
+                    step, self.skipped, later)
     return m
 
   def _log(self, step: int, window, steps_per_sec: float, progress: Progress) -> None:
+    # Skipped steps have NaN metrics: average the others, and count the skips.
+    finite = [w for w in window if bool(w["train/finite"])]
     keys = [k for k in window[-1] if k not in ("train/finite", "train/latent_frames")]
-    mean = {k: np.mean([np.asarray(w[k]) for w in window], axis=0) for k in keys}
+    mean = {k: np.mean([np.asarray(w[k]) for w in finite], axis=0) for k in keys} if finite else {}
     frames = self.config.train.batch_size * self.config.data.segment_frames
     mean["train/steps_per_sec"] = steps_per_sec
     mean["train/frames_per_sec"] = steps_per_sec * frames
     mean["train/audio_sec_per_sec"] = mean["train/frames_per_sec"] / self.data.feature_config.frames_per_second
     mean["train/skipped_updates"] = self.skipped
     self.writer.scalars(step, mean)
-    progress.update(step, float(mean["train/loss"]), steps_per_sec)
+    progress.update(step, float(mean.get("train/loss", np.nan)), steps_per_sec)
 
   def _evaluate(self, step: int, state, progress: Progress) -> None:
     from vae_jax import samples  # pylint: disable=g-import-not-at-top
@@ -276,23 +391,11 @@ class _Loop:
 
   def _save(self, step: int, state) -> None:
     meta = {"loader": self.loader.state.to_dict(), "normalizer": self.data.normalizer.to_dict(),
-            "config": json.loads(self.config.to_json_best_effort())}
+            "config": json.loads(self.config.to_json_best_effort()),
+            "skipped_updates": self.skipped, "last_eval": self.last_eval,
+            "last_eval_step": self.last_eval_step}
     metrics = {"eval/loss": self.last_eval["eval/loss"]} if self.last_eval_step == step else None
     self.ckpt.save(step, self.parallel.get_state(state), meta, metrics)
-
-  def _install_signal_handlers(self):
-    def handler(signum, frame):
-      del frame
-      self.stop_signal = signal.Signals(signum).name
-
-    try:
-      return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:  # Not the main thread: leave signals alone.
-      return {}
-
-  def _restore_signal_handlers(self, previous) -> None:
-    for s, h in previous.items():
-      signal.signal(s, h)
 
 
 def write_training_report(workdir: str, result: dict[str, Any]) -> str:
@@ -300,28 +403,39 @@ def write_training_report(workdir: str, result: dict[str, Any]) -> str:
   samples_dir = os.path.join(workdir, "samples")
   latest = sorted(f for f in os.listdir(samples_dir) if f.endswith(".png")) if os.path.isdir(samples_dir) else []
   lines = [f"# Training run `{os.path.basename(os.path.abspath(workdir))}`", "",
-           f"Steps: {result['step']}", "", "| metric | value |", "| --- | --- |"]
+           f"Steps: {result['step']}", ""]
+  if result.get("skipped_updates"):
+    lines += [f"Skipped updates (non-finite loss or gradient): {result['skipped_updates']}", ""]
+  lines += ["| metric | value |", "| --- | --- |"]
   lines += [f"| {k} | {v:.4f} |" for k, v in result.items() if k.startswith("eval/")]
   if latest:
     lines += ["", f"![reconstructions](samples/{latest[-1]})"]
   lines += ["", "Scalars: `metrics.jsonl`; TensorBoard: `tensorboard --logdir tb`; "
             "full evaluation: `python eval.py --workdir <this directory>`."]
   path = os.path.join(workdir, "report.md")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  _write_atomic(path, "\n".join(lines) + "\n")
   return path
 
 
 def print_summary(workdir: str, result: dict[str, Any]) -> None:
-  """Prints where the checkpoint, logs and report of a finished run are."""
+  """Prints where the checkpoint, logs and report of a run are (only the checkpoint if it was stopped)."""
+  directory = os.path.join(workdir, "checkpoints")
+  latest = None
+  if os.path.isdir(directory):
+    ckpt = Checkpointer(directory, read_only=True)
+    latest = ckpt.latest_step()
+    ckpt.close()
+  checkpoint = os.path.join(directory, str(latest)) if latest is not None else "none yet"
+  if result.get("stopped_by_signal"):
+    print(f"checkpoint: {checkpoint}")
+    return
   report = write_training_report(workdir, result)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), create=False)
-  latest = ckpt.latest_step()
-  ckpt.close()
   if "eval/loss" in result:
     print(f"step {result['step']}: eval neg-ELBO {result['eval/loss']:.4f} nats/frame, "
           f"log-mel MSE {result['eval/logmel_mse']:.4f}")
-  print(f"checkpoint: {os.path.join(workdir, 'checkpoints', str(latest))}")
+  if result.get("skipped_updates"):
+    print(f"skipped:    {result['skipped_updates']} updates with a non-finite loss or gradient")
+  print(f"checkpoint: {checkpoint}")
   print(f"logs:       {os.path.join(workdir, 'metrics.jsonl')} "
         f"(TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')})")
   print(f"samples:    {os.path.join(workdir, 'samples')}")

@@ -36,6 +36,8 @@ from vae_jax.features import FeatureConfig, Normalizer, log_mel
 log = logging.getLogger("vae_jax")
 
 FILES_PER_SHARD = 512
+# Bumped whenever the on-disk layout of shards changes, so old caches are ignored, not misread.
+CACHE_FORMAT = 2
 # Below this many files, worker start-up costs more than it saves.
 MIN_FILES_FOR_WORKERS = 64
 # Frames per chunk of the normaliser's moments: 8 MiB of float64 at 64 mel bins.
@@ -237,8 +239,8 @@ def _exchanged_moments(split: Split, bounds: list[tuple[int, int]], p: int, coun
 def cache_key(entries: Iterable[Entry], fc: FeatureConfig) -> str:
   """Hash of the feature config, the shard layout and the files (path, size, mtime)."""
   h = hashlib.sha256(fc.to_json().encode())
-  # Shards written with another chunk size hold other files: never mix the two layouts.
-  h.update(f"\0files_per_shard={FILES_PER_SHARD}".encode())
+  # Shards written with another chunk size or format are never mixed with these.
+  h.update(f"\0format={CACHE_FORMAT}\0files_per_shard={FILES_PER_SHARD}".encode())
   for e in entries:
     try:
       st = os.stat(e.path)
