@@ -184,8 +184,10 @@ class Checkpointer:
   def _fall_back(self, corrupt: list[tuple[int, str]], good: int, set_aside: bool) -> None:
     moved = ""
     if set_aside:
-      for step, _ in corrupt:
-        self._set_aside(step)
+      if jax.process_index() == 0:  # One process moves; the others wait and then see the result.
+        for step, _ in corrupt:
+          self._set_aside(step)
+      sync_processes("vae_jax_checkpoint_set_aside")
       self.manager.reload()
       moved = f" (moved to {self.directory}-corrupt)"
     reasons = "; ".join(reason for _, reason in corrupt)
@@ -323,3 +325,11 @@ def _quiet_absl() -> Iterator[None]:
 def _first_line(e: BaseException) -> str:
   text = str(e).strip()
   return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across the processes of a multi-process run; nothing in a single process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    multihost_utils.sync_global_devices(name)

@@ -23,11 +23,17 @@ class DataParallel:
   def __init__(self, step_fn: Callable, devices: Sequence[jax.Device], mode: str = "pmap",
                donate: bool = True):
     self.mode, self.devices = mode, list(devices)
-    self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
+    # pmap maps over this process's devices (its collectives still span all processes);
+    # shard_map's mesh holds every device of every process.
+    mesh_devices = self.devices if mode == "pmap" or jax.process_count() == 1 else jax.devices()
+    self.mesh = Mesh(np.asarray(mesh_devices), (AXIS,))
     donate_argnums = (0,) if donate else ()
     if mode == "pmap":
+      # Naming devices confines pmap's collectives to them: a multi-process run names none,
+      # so that they span every device of every process.
+      pmap_devices = self.devices if jax.process_count() == 1 else None
       self._step = jax.pmap(functools.partial(step_fn, axis_name=AXIS), axis_name=AXIS,
-                            in_axes=(0, 0, None), devices=self.devices, donate_argnums=donate_argnums)
+                            in_axes=(0, 0, None), devices=pmap_devices, donate_argnums=donate_argnums)
     elif mode == "shard_map":
 
       def per_shard(state, batch, key):
@@ -53,12 +59,14 @@ class DataParallel:
     """Step layout -> one host copy (for checkpoints and evaluation)."""
     if self.mode == "pmap":
       return jax.device_get(flax.jax_utils.unreplicate(state))
-    return jax.device_get(state)
+    # Replicated, so this process's first shard is the whole value.
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> Any:
     if self.mode == "pmap":
       return batch  # pmap splits the leading axis itself.
-    return jax.device_put(batch, NamedSharding(self.mesh, P(AXIS)))
+    # This process's [local_devices, ...] rows become its part of the global batch.
+    return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P(AXIS)), batch)
 
   def __call__(self, state, batch, key):
     state, metrics = self._step(state, batch, key)

@@ -144,7 +144,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     signals.check()
 
     normalizer = Normalizer.from_dict(meta["normalizer"]) if meta else None
-    data = load_dataset(config, normalizer)
+    data = load_dataset(config, normalizer, process_index=jax.process_index(),
+                        process_count=jax.process_count())
     signals.check()
     model = build_model(config)
     base_key = jax.random.key(config.seed)
@@ -152,7 +153,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     signals.check()
     loader = TrainLoader(data.train, data.normalizer, global_batch=config.train.batch_size,
                          num_local_devices=len(devices), segment_frames=config.data.segment_frames,
-                         seed=config.seed, prefetch=config.data.prefetch)
+                         seed=config.seed, prefetch=config.data.prefetch,
+                         process_index=jax.process_index(), process_count=jax.process_count())
     cleanup.callback(loader.close)
     if meta:
       state, meta = ckpt.restore(state, resume_step)
@@ -228,14 +230,21 @@ class _StopSignals:
 
 
 def _devices(config) -> list[jax.Device]:
+  """This process's devices for training, checked against the global batch size."""
   devices = jax.local_devices()
   n = config.train.num_devices or len(devices)
   if n > len(devices):
     raise ConfigError(f"config field train.num_devices={n} is out of range: it must be at most the "
                       f"{len(devices)} local devices (0: all of them)")
-  if config.train.batch_size % n:
+  processes = jax.process_count()
+  if processes > 1 and n != len(devices):
+    raise ConfigError(f"config field train.num_devices={n} is out of range: a {processes}-process run "
+                      f"uses all {len(devices)} local devices of each process (set it to 0)")
+  total = n * processes
+  if config.train.batch_size % total:
+    where = f"{n} devices" if processes == 1 else f"{total} devices ({processes} processes x {n})"
     raise ConfigError(f"config field train.batch_size={config.train.batch_size} is out of range: it must "
-                      f"be a multiple of the {n} devices in use (or set train.num_devices)")
+                      f"be a multiple of the {where} in use (per-device batch = batch_size / devices)")
   return devices[:n]
 
 
@@ -262,11 +271,13 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def _write_config(workdir: str, config) -> None:
-  _write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+  if jax.process_index() == 0:
+    _write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _save_normalizer(workdir: str, normalizer: Normalizer) -> None:
-  _write_atomic(os.path.join(workdir, "normalizer.json"), json.dumps(normalizer.to_dict()))
+  if jax.process_index() == 0:
+    _write_atomic(os.path.join(workdir, "normalizer.json"), json.dumps(normalizer.to_dict()))
 
 
 # Each skipped update is reported up to this many times; later ones are only counted.
@@ -311,7 +322,7 @@ class _Loop:
         if pending is not None:  # Read the previous step while this one runs.
           window.append(self._check(*pending))
         pending = (step, metrics)
-        stopping = self.signals.received is not None
+        stopping = self._stop_requested()
         log_now = step % c.log_every == 0 or step == last or stopping
         # A preempted run saves first and leaves evaluation to the resumed one.
         evaluate = not stopping and (step % c.eval_every == 0 or step == c.num_steps)
@@ -329,8 +340,8 @@ class _Loop:
           self._save(step, state)
         if stopping:
           self.ckpt.wait()
-          progress.write(f"received {self.signals.received}: saved a checkpoint at step {step}; "
-                         "rerun the same command to resume")
+          progress.write(f"received {self.signals.received or 'a stop signal on another process'}: "
+                         f"saved a checkpoint at step {step}; rerun the same command to resume")
           break
       if pending is not None:
         self._check(*pending)
@@ -339,9 +350,20 @@ class _Loop:
     self.ckpt.wait()
     if self.skipped:
       log.warning("skipped %d non-finite updates in total (train/skipped_updates)", self.skipped)
-    result = {"step": step, "stopped_by_signal": self.signals.received is not None,
-              "skipped_updates": self.skipped}
+    latest = self.ckpt.latest_step()
+    result = {"step": step, "stopped_by_signal": step < last, "skipped_updates": self.skipped,
+              "checkpoint": self.ckpt.step_dir(latest) if latest is not None else None}
     return {**result, **self.last_eval}
+
+  def _stop_requested(self) -> bool:
+    """Whether to stop after this step; every process of a multi-process run agrees."""
+    stop = self.signals.received is not None
+    if jax.process_count() == 1:
+      return stop
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    # A signal may reach the processes a step apart: all must save the same step and stop.
+    return bool(np.any(multihost_utils.process_allgather(np.int32(stop))))
 
   def _check(self, step: int, metrics) -> dict[str, Any]:
     m = jax.device_get(metrics)
@@ -417,22 +439,22 @@ def write_training_report(workdir: str, result: dict[str, Any]) -> str:
   return path
 
 
+def _newest_step_dir(directory: str) -> str:
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+  return os.path.join(directory, str(max(steps))) if steps else "none yet"
+
+
 def print_summary(workdir: str, result: dict[str, Any]) -> None:
   """Prints where the checkpoint, logs and report of a run are (only the checkpoint if it was stopped)."""
-  directory = os.path.join(workdir, "checkpoints")
-  latest = None
-  if os.path.isdir(directory):
-    ckpt = Checkpointer(directory, read_only=True)
-    latest = ckpt.latest_step()
-    ckpt.close()
-  checkpoint = os.path.join(directory, str(latest)) if latest is not None else "none yet"
+  if jax.process_index() != 0:
+    return
+  # From the result or a listing, not a new CheckpointManager: opening one is a barrier
+  # across processes.
+  checkpoint = result.get("checkpoint") or _newest_step_dir(os.path.join(workdir, "checkpoints"))
   if result.get("stopped_by_signal"):
     print(f"checkpoint: {checkpoint}")
     return
   report = write_training_report(workdir, result)
-  if "eval/loss" in result:
-    print(f"step {result['step']}: eval neg-ELBO {result['eval/loss']:.4f} nats/frame, "
-          f"log-mel MSE {result['eval/logmel_mse']:.4f}")
   if result.get("skipped_updates"):
     print(f"skipped:    {result['skipped_updates']} updates with a non-finite loss or gradient")
   print(f"checkpoint: {checkpoint}")

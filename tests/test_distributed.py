@@ -1,0 +1,125 @@
+"""Multi-process training on JAX's distributed runtime, as two processes on this machine."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import smoke
+from vae_jax import distributed, train
+from vae_jax.checkpoints import Checkpointer
+from vae_jax.errors import ConfigError
+from vae_jax.models import build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _config(tmp_path, **train_overrides):
+  c = smoke.get_config()
+  c.data.cache_dir = str(tmp_path / "cache")
+  c.train.progress_bar = False
+  c.train.num_steps = STEPS
+  c.train.eval_every = STEPS
+  c.train.checkpoint_every = STEPS
+  c.eval.num_audio_examples = 0
+  for k, v in train_overrides.items():
+    c.train[k] = v
+  return c
+
+
+def _final_state(c, workdir):
+  template = train.create_train_state(c, build_model(c), jax.random.key(0))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  assert ckpt.latest_step() == STEPS
+  state, _ = ckpt.restore(template)
+  ckpt.close()
+  return state
+
+
+def _run_workers(tmp_path, workdir, parallel: str) -> list[subprocess.CompletedProcess]:
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+             "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
+  procs = []
+  try:
+    for pid in range(2):
+      cmd = [sys.executable, "train.py", "--config=configs/smoke.py", f"--workdir={workdir}",
+             f"--config.data.cache_dir={tmp_path / 'cache'}", f"--config.train.num_steps={STEPS}",
+             f"--config.train.eval_every={STEPS}", f"--config.train.checkpoint_every={STEPS}",
+             "--config.eval.num_audio_examples=0", f"--config.train.parallel={parallel}",
+             "--config.train.progress_bar=false",
+             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={pid}"]
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+      out, err = p.communicate(timeout=420)
+      results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results
+  finally:
+    for p in procs:  # Never leave a worker waiting for a peer that died.
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
+def test_two_processes_equal_one_process_with_all_devices(tmp_path, parallel):
+  reference = str(tmp_path / "one")
+  c = _config(tmp_path, num_devices=4, parallel=parallel)
+  train.train_and_evaluate(c, reference)  # This process has 4 host devices (conftest).
+  workdir = str(tmp_path / "two")
+  results = _run_workers(tmp_path, workdir, parallel)
+  for i, r in enumerate(results):
+    assert r.returncode == 0, f"process {i} failed:\n{r.stderr[-3000:]}"
+  assert "checkpoint:" in results[0].stdout, "process 0 prints where the run is"
+  assert "checkpoint:" not in results[1].stdout, "only process 0 prints and writes logs"
+  a, b = _final_state(c, reference), _final_state(c, workdir)
+  assert int(a.step) == int(b.step) == STEPS
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = [json.loads(line)["step"] for line in f if '"train/loss"' in line]
+  assert logged == [STEPS], f"one writer logs each interval once, got steps {logged}"
+
+
+def test_batch_must_divide_over_all_processes(monkeypatch, tmp_path):
+  c = _config(tmp_path)
+  c.train.batch_size = 12  # Divides over this process's 4 devices, not over 2 x 4.
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with pytest.raises(ConfigError, match=r"multiple of the 8 devices \(2 processes x 4\)"):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists(), "the check runs before anything is written"
+
+
+def test_initialize_arguments_are_checked():
+  with pytest.raises(ConfigError, match="go together"):
+    distributed.initialize("auto", coordinator_address="localhost:1234")
+  with pytest.raises(ConfigError, match=r"process_id=2 must be in \[0, --num_processes=2\)"):
+    distributed.initialize("on", "localhost:1234", 2, 2)
+  assert distributed.initialize("off") is False
+  assert distributed.initialize("auto") is False  # No cluster here: single process, unchanged.
+
+
+def test_cluster_detection(monkeypatch):
+  for var in ("SLURM_NTASKS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+    monkeypatch.delenv(var, raising=False)
+  assert not distributed.cluster_detected()
+  monkeypatch.setenv("SLURM_JOB_ID", "7")
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  assert not distributed.cluster_detected(), "a one-task SLURM job is a single process"
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert distributed.cluster_detected()
