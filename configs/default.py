@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "conv"  # "conv" (temporal conv VAE) or "mlp" (frame-level MLP VAE).
   c.model.latent_channels = 16  # Latent numbers per latent frame.
-  c.model.channels = 256  # Conv width at full time resolution.
+  c.model.channels = 128  # Conv width at full time resolution.
   c.model.channel_multipliers = (1, 1)  # Width multiplier after each time downsampling stage.
   c.model.strides = (2, 2)  # Time downsampling per stage; latent rate = frame rate / prod(strides).
   c.model.blocks_per_stage = 1  # Residual blocks at each resolution.
@@ -72,9 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip_norm = 1.0  # Global-norm gradient clipping (0 disables).
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 3000  # Optimiser steps (the learning-rate schedule spans them).
+  c.train.num_steps = 4000  # Optimiser steps (the learning-rate schedule spans them).
   c.train.max_steps_per_run = 0  # Stop this invocation after so many steps (0: no limit); rerun to resume.
-  c.train.batch_size = 32  # Global batch (all devices of all processes).
+  c.train.batch_size = 16  # Global batch (all devices of all processes).
   c.train.parallel = "pmap"  # "pmap" or "shard_map" (jit over a 1-D device mesh); same step function.
   c.train.num_devices = 0  # Local devices to use; 0 means all.
   c.train.log_every = 50  # Steps between scalar logs.

@@ -40,3 +40,18 @@ def fsdd_dir() -> pathlib.Path:
   if path is None:
     pytest.skip("FSDD recordings not found: set FSDD_DIR or place them in ../shared/data/fsdd/recordings")
   return path
+
+
+@pytest.fixture(scope="session")
+def smoke_workdir(tmp_path_factory) -> pathlib.Path:
+  """A workdir trained once per session with configs/smoke.py (tiny model, 8 kHz, 32 mels)."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from vae_jax import train  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp("smoke_run")
+  config = smoke.get_config()
+  config.data.cache_dir = str(root / "cache")
+  config.train.progress_bar = False
+  workdir = root / "workdir"
+  train.train_and_evaluate(config, str(workdir))
+  return workdir

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from vae_jax import audio
 from vae_jax.config import load_config
-from vae_jax.data import store
+from vae_jax.data import corpora, store
 from vae_jax.data.corpora import build_corpus, hash_split
 from vae_jax.data.store import load_dataset
 from vae_jax.errors import ConfigError, DataError, UserError
@@ -200,6 +200,23 @@ def test_synthetic_corpus_loads_and_is_cached(tmp_path, monkeypatch):
       assert split.labels[label].tolist() == [getattr(utterances[n], label) for n in split.names]
   forbid_extraction(monkeypatch)
   assert_same_dataset(load_dataset(config), data)
+
+
+def test_synthetic_ground_truth_is_on_the_feature_frames(tmp_path):
+  config = load_config(SMOKE, {"data.cache_dir": str(tmp_path / "cache"),
+                               "synthetic.utterances_per_speaker": 10})
+  data = load_dataset(config)
+  truth = corpora.synthetic_ground_truth(config)
+  assert set(truth) == set(data.train.names) | set(data.test.names)
+  for split in (data.train, data.test):
+    for i, name in enumerate(split.names):
+      utt = truth[name]
+      # Factor frame t describes mel frame t.
+      assert utt.f0_hz.shape == (split.lengths[i],) and utt.formants_hz.shape == (split.lengths[i], 3)
+      assert [utt.speaker, utt.word, utt.vowel] == [split.labels[k][i] for k in ("speaker", "word", "vowel")]
+  other = load_config(SMOKE, {"data.corpus": "folder", "data.path": str(tmp_path)})
+  with pytest.raises(ConfigError, match="only the 'synthetic' corpus"):
+    corpora.synthetic_ground_truth(other)
 
 
 def test_folder_corpus_speakers_and_colliding_stems(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from configs import smoke
 from vae_jax.models import build_model, time_stride
-from vae_jax.models.layers import conv1d
+from vae_jax.models.layers import conv1d, resolve_conv_impl
 from vae_jax.models.vae import VAE
 
 
@@ -46,6 +46,11 @@ def test_conv_impls_agree(stride, kernel):
   a, b = conv1d(x, w, stride, "lax"), conv1d(x, w, stride, "matmul")
   assert a.shape == (2, -(-17 // stride), 5)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_conv_impl_resolves_to_a_formulation():
+  assert resolve_conv_impl("auto") in ("lax", "matmul")
+  assert resolve_conv_impl("matmul") == "matmul" and resolve_conv_impl("lax") == "lax"
 
 
 def test_matmul_conv_is_a_convolution():

@@ -1,6 +1,5 @@
 """Reading, checking and writing audio files."""
 
-import dataclasses
 import os
 
 import numpy as np
@@ -22,13 +21,6 @@ MAX_SAMPLES = 1 << 27
 
 class BadAudio(ValueError):
   """An audio file that cannot be used; the message is the reason."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureCheck:
-  """The smallest clip the feature front end can use."""
-
-  min_samples: int
 
 
 def is_audio_path(path: str) -> bool:

@@ -24,6 +24,14 @@ def flatten_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
   return out
 
 
+def _ends_mid_line(path: str) -> bool:
+  if os.path.getsize(path) == 0:
+    return False
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) != b"\n"
+
+
 class MetricWriter:
   """Writes `metrics.jsonl` and TensorBoard events under a workdir; a no-op when disabled."""
 
@@ -32,7 +40,10 @@ class MetricWriter:
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      self._jsonl = open(path, "a")
+      if _ends_mid_line(path):  # A killed run left half a row: start ours on a line of its own.
+        self._jsonl.write("\n")
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))

@@ -124,22 +124,39 @@ def synthetic_corpus(config) -> Corpus:
   """The embedded source-filter corpus, generated into the cache on first use."""
   from vae_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
+  out_dir, utterances = _synthetic_utterances(config)
+  entries = tuple(
+      Entry(name=u.name, path=os.path.join(out_dir, u.name + ".wav"), split=u.split,
+            labels={"speaker": u.speaker, "word": u.word, "vowel": u.vowel})
+      for u in utterances)
+  names = {"speaker": tuple(f"spk{i}" for i in range(config.synthetic.num_speakers)),
+           "word": tuple(synthetic.WORDS), "vowel": tuple(synthetic.VOWELS)}
+  return Corpus("synthetic", entries, names)
+
+
+def synthetic_ground_truth(config) -> dict[str, Any]:
+  """{name: synthetic.Utterance} of the config's synthetic corpus, with f0 and F1-F3 per mel frame."""
+  if config.data.corpus != "synthetic":
+    raise ConfigError(f"data.corpus={config.data.corpus!r} has no ground-truth factors: only the "
+                      "'synthetic' corpus records them")
+  return {u.name: u for u in _synthetic_utterances(config)[1]}
+
+
+def _synthetic_utterances(config) -> tuple[str, list]:
+  """The corpus directory and its utterances; generated on first use, read afterwards."""
+  from vae_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+
   s = config.synthetic
   out_dir = os.path.join(
       cache_root(config), "synthetic",
       f"sr{config.features.sample_rate}-hop{config.features.hop_length}-spk{s.num_speakers}"
       f"-utt{s.utterances_per_speaker}-seed{s.seed}")
+  # Factor frames use the feature hop, so frame i of a factor track is mel frame i.
   utterances = synthetic.generate_corpus(
       out_dir, sample_rate=config.features.sample_rate, num_speakers=s.num_speakers,
       utterances_per_speaker=s.utterances_per_speaker, seed=s.seed,
       factor_hop=config.features.hop_length, progress=True)
-  entries = tuple(
-      Entry(name=u.name, path=os.path.join(out_dir, u.name + ".wav"), split=u.split,
-            labels={"speaker": u.speaker, "word": u.word, "vowel": u.vowel})
-      for u in utterances)
-  names = {"speaker": tuple(f"spk{i}" for i in range(s.num_speakers)),
-           "word": tuple(synthetic.WORDS), "vowel": tuple(synthetic.VOWELS)}
-  return Corpus("synthetic", entries, names)
+  return out_dir, utterances
 
 
 def cache_root(config: Any) -> str:

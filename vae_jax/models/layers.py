@@ -3,7 +3,9 @@
 `impl="lax"` calls lax.conv_general_dilated; `impl="matmul"` stacks the K time
 shifts of the input along channels and does one matmul. They compute the same
 function of the same [K, C_in, C_out] kernel; which is faster depends on the
-backend (on small CPUs the matmul form wins), so it is a config choice.
+backend and the XLA version, so it is a config choice, and `impl="auto"` picks
+the one measured faster (`python -m bench.run --sections variants`; figures in
+BENCHMARKS.md).
 """
 
 from typing import Any
@@ -16,10 +18,19 @@ from jax import lax
 Dtype = Any
 
 
+# The measured-faster formulation per backend. CPU (jaxlib 0.10.2, 2-core AVX2
+# AMD EPYC): lax.conv (Eigen) was 7-15% faster per train step than the stacked
+# matmul (YNNPACK dot), and as fast or faster for every conv shape of the FSDD
+# model, forward and both gradients; the stacked form pays for materialising
+# the K shifted copies and for summing them back in the backward pass.
+# Accelerators have native convolutions.
+_AUTO_CONV_IMPL = {"cpu": "lax"}
+
+
 def resolve_conv_impl(impl: str) -> str:
   """'auto' picks the measured-faster formulation for the default backend."""
   if impl == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "lax"
+    return _AUTO_CONV_IMPL.get(jax.default_backend(), "lax")
   return impl
 
 

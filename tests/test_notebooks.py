@@ -1,0 +1,102 @@
+"""The notebooks run top to bottom against a smoke-trained workdir and are committed without outputs."""
+
+import json
+import pathlib
+import re
+import sys
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+KERNEL = "vae-jax-test"
+CELL_TIMEOUT_S = 300
+
+# Appended to a notebook before it runs: facts about its results, printed as one JSON line.
+EXPLORE_PROBE = """
+import json
+print(json.dumps({"points": len(xy), "utterances": len(data.train) + len(data.test),
+                  "channels": len(kl), "latent_channels": trained.latent_channels, "shown": len(shown)}))
+"""
+INTERPOLATION_PROBE = """
+import json
+# The path's end at the shorter input is that input's reconstruction; the other end is shared.
+near, far = (0, -1) if len(mel_a) <= len(mel_b) else (-1, 0)
+recon = trained.reconstruct(mel_a if near == 0 else mel_b)
+print(json.dumps({
+    "end_error": {m: float(np.abs(mels[near] - recon).max()) for m, (_, mels) in path.items()},
+    "far_end_gap": float(np.abs(path["lerp"][1][far] - path["slerp"][1][far]).max()),
+    "path_lengths": [len(mels) for _, mels in path.values()],
+    "factor_rows": len(pair_measured), "truth_finite": bool(np.isfinite(ends_truth[:, :3]).all()),
+    "traversed": len(traversal), "steps": STEPS}))
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel_specs(tmp_path_factory) -> KernelSpecManager:
+  """A kernelspec for this interpreter: the notebooks run in the environment under test."""
+  root = tmp_path_factory.mktemp("kernels")
+  (root / KERNEL).mkdir()
+  (root / KERNEL / "kernel.json").write_text(json.dumps({
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "vae-jax tests", "language": "python"}))
+  return KernelSpecManager(kernel_dirs=[str(root)])
+
+
+def _run(name: str, workdir: pathlib.Path, kernel_specs: KernelSpecManager, probe: str) -> tuple[list, dict]:
+  """Executes notebooks/<name>.ipynb from notebooks/ with WORKDIR set; (its code cells, the probe's facts)."""
+  nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+  params = next(c for c in nb.cells if c.cell_type == "code")
+  params.source, n = re.subn(r"^WORKDIR = .*$", f"WORKDIR = {str(workdir)!r}", params.source, flags=re.M)
+  assert n == 1, f"{name}: the parameters cell has no `WORKDIR = ...` line"
+  nb.cells.append(nbformat.v4.new_code_cell(probe))
+  km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=kernel_specs)
+  # A failing cell raises CellExecutionError with its traceback. The client shuts down a kernel
+  # it was given only when told to.
+  NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S,
+                 resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(cleanup_kc=True)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  warnings = [o.text for c in code for o in c.outputs
+              if o.output_type == "stream" and o.name == "stderr" and re.search(r"\w+Warning\b", o.text)]
+  assert not warnings, f"{name} shows warnings:\n" + "\n".join(warnings)
+  facts = json.loads(code[-1].outputs[-1].text)
+  return code[:-1], facts
+
+
+def _outputs(cells: list, mime: str) -> list[str]:
+  return [o.data[mime] for c in cells for o in c.outputs if mime in o.get("data", {})]
+
+
+@pytest.mark.slow
+def test_notebooks_run_against_a_trained_workdir(smoke_workdir, kernel_specs):
+  cells, facts = _run("explore", smoke_workdir, kernel_specs, EXPLORE_PROBE)
+  # Waveforms, log-mels, reconstructions, KL bars and the PCA scatter.
+  assert len(_outputs(cells, "image/png")) >= 5
+  players = [h for h in _outputs(cells, "text/html") if "<audio" in h]
+  assert len(players) == 3 * facts["shown"]  # Original, vocoder only, reconstruction.
+  assert facts["points"] == facts["utterances"]
+  assert facts["channels"] == facts["latent_channels"]
+
+  cells, facts = _run("interpolation", smoke_workdir, kernel_specs, INTERPOLATION_PROBE)
+  assert max(facts["end_error"].values()) < 1e-3, facts["end_error"]
+  assert facts["far_end_gap"] < 1e-3
+  assert facts["path_lengths"] == [facts["steps"]] * 2
+  assert facts["factor_rows"] == facts["steps"] and facts["truth_finite"]
+  assert facts["traversed"] >= 1
+  assert len(_outputs(cells, "image/png")) >= 6
+  assert any("<audio" in h for h in _outputs(cells, "text/html"))
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebooks_are_stripped_and_parametrised(path):
+  nb = nbformat.read(path, as_version=4)
+  nbformat.validate(nb)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  dirty = [i for i, c in enumerate(code) if c.outputs or c.execution_count is not None]
+  assert not dirty, (f"{path.name}: code cells {dirty} have outputs or execution counts; strip them "
+                     "with `nbstripout notebooks/*.ipynb` (the pre-commit hook does it on commit)")
+  assert "parameters" in code[0].metadata.get("tags", []), "the first code cell holds the parameters"
+  assert re.search(r"^WORKDIR = \"\"", code[0].source, flags=re.M), "WORKDIR defaults to training a smoke run"

@@ -1,0 +1,231 @@
+"""Files for listening and looking: reconstructions of any audio, prior samples, interpolations, traversals.
+
+Every function takes a `vae_jax.inference.Trained`, writes WAVs (Griffin-Lim) and
+spectrogram PNGs into `out_dir`, and returns the paths it wrote.
+"""
+
+import json
+import os
+import re
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from vae_jax import audio, latents, metrics, plots
+from vae_jax.data.store import Dataset, load_dataset
+from vae_jax.errors import DataError, UserError
+from vae_jax.inference import Trained, griffin_lim_batch
+from vae_jax.report_md import to_jsonable
+
+GAP_SECONDS = 0.15  # Silence between the parts of a concatenated WAV.
+
+
+def _stem(path: str) -> str:
+  name = os.path.splitext(os.path.basename(path))[0]
+  return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "audio"
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+  seen: dict[str, int] = {}
+  out = []
+  for n in names:
+    seen[n] = seen.get(n, 0) + 1
+    out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+  return out
+
+
+def synthesize(trained: Trained, mels: Sequence[np.ndarray], lengths: Sequence[int] | None = None,
+               seed: int = 0) -> list[np.ndarray]:
+  """Griffin-Lim waveforms of log-mels [T_i, F] with the run's iteration count, batched by length."""
+  return griffin_lim_batch(list(mels), trained.feature_config, trained.config.eval.griffin_lim_iters,
+                           lengths=lengths, seed=seed)
+
+
+def concat_audio(waves: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+  """The waveforms back to back, GAP_SECONDS of silence between them."""
+  gap = np.zeros(int(GAP_SECONDS * sample_rate), np.float32)
+  parts = []
+  for w in waves:
+    parts += [np.asarray(w, np.float32), gap]
+  return np.concatenate(parts[:-1])
+
+
+def reconstruct_files(trained: Trained, paths: Sequence[str], out_dir: str,
+                      seed: int = 0, on_error: Callable[[str], None] | None = None,
+                      ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+  """Encodes, decodes and re-synthesises each file; writes audio, PNGs and metrics.json.
+
+  Returns ({name: metrics}, error lines). A file that cannot be read is one error
+  line naming it (also passed to `on_error` at once) and the others go on.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  fc = trained.feature_config
+  results, errors = {}, []
+  for path, name in zip(paths, _unique([_stem(p) for p in paths])):
+    try:
+      wave, log_mel = trained.load_audio(path)
+    except DataError as e:
+      errors.append(str(e))
+      if on_error is not None:
+        on_error(str(e))
+      continue
+    recon = trained.reconstruct(log_mel)
+    recon_wave, oracle_wave = synthesize(trained, [recon, log_mel], [len(wave)] * 2, seed)
+    audio.write_audio(os.path.join(out_dir, f"{name}.recon.wav"), recon_wave, fc.sample_rate)
+    audio.write_audio(os.path.join(out_dir, f"{name}.oracle.wav"), oracle_wave, fc.sample_rate)
+    fig = plots.spectrogram_grid([(f"{name}: input", log_mel), (f"{name}: reconstruction", recon)],
+                                 fc.frames_per_second, ncols=1)
+    plots.save_figure(fig, os.path.join(out_dir, f"{name}.png"))
+    results[name] = file_metrics(path, wave, log_mel, recon, recon_wave, oracle_wave, fc.sample_rate)
+  _write_json(os.path.join(out_dir, "metrics.json"), results)
+  return results, errors
+
+
+def file_metrics(path: str, wave: np.ndarray, log_mel: np.ndarray, recon: np.ndarray,
+                 recon_wave: np.ndarray, oracle_wave: np.ndarray, sample_rate: int) -> dict[str, Any]:
+  """Spectral and waveform metrics of one reconstructed file (PESQ only at 8 or 16 kHz)."""
+  n_coeffs = min(24, log_mel.shape[1] - 1)
+  out = {
+      "path": os.path.abspath(path),
+      "seconds": len(wave) / sample_rate,
+      "frames": len(log_mel),
+      "logmel_mse": metrics.logmel_mse(log_mel, recon),
+      "logmel_l1": metrics.logmel_l1(log_mel, recon),
+      "lsd_db": metrics.log_spectral_distance_db(log_mel, recon),
+      "mcd_db": metrics.mel_cepstral_distortion_db(log_mel, recon, n_coeffs=n_coeffs),
+      "stoi": metrics.stoi(wave, recon_wave, sample_rate),
+      "oracle_stoi": metrics.stoi(wave, oracle_wave, sample_rate),
+  }
+  pesq = metrics.pesq(wave, recon_wave, sample_rate)
+  if pesq is not None:
+    out["pesq"] = pesq
+    out["oracle_pesq"] = metrics.pesq(wave, oracle_wave, sample_rate)
+  return out
+
+
+def _write_json(path: str, obj: Any) -> None:
+  with open(path, "w") as f:
+    json.dump(to_jsonable(obj), f, indent=1)
+
+
+class Utterances:
+  """Looks up utterances by file path or by corpus name; loads the corpus only when needed."""
+
+  def __init__(self, trained: Trained, data_path: str | None = None):
+    self.trained, self.data_path = trained, data_path
+    self._data: Dataset | None = None
+
+  @property
+  def data(self) -> Dataset:
+    if self._data is None:
+      config = self.trained.config
+      if self.data_path:
+        config.data.path = self.data_path
+      self._data = load_dataset(config, self.trained.normalizer)
+    return self._data
+
+  def log_mel(self, spec: str) -> tuple[str, np.ndarray]:
+    """(name, log-mel [T, F]) of an audio file, or of a test or train utterance of the corpus."""
+    if os.path.exists(spec):
+      return _stem(spec), self.trained.load_audio(spec)[1]
+    for split in (self.data.test, self.data.train):
+      if spec in split.names:
+        return _stem(spec), np.asarray(split.utterance(split.names.index(spec)))
+    raise DataError(f"{spec}: neither an audio file nor an utterance of the "
+                    f"{self.data.corpus} corpus")
+
+  def median_test(self) -> tuple[str, np.ndarray]:
+    """The test utterance of median length."""
+    test = self.data.test
+    i = int(np.argsort(test.lengths, kind="stable")[len(test) // 2])
+    return _stem(test.names[i]), np.asarray(test.utterance(i))
+
+  def median_test_frames(self) -> int:
+    return int(np.median(self.data.test.lengths))
+
+
+def write_samples(trained: Trained, n: int, out_dir: str, num_frames: int, seed: int = 0,
+                  temperature: float = 1.0) -> list[str]:
+  """n utterances of num_frames frames decoded from prior draws: WAVs and one spectrogram grid."""
+  if n < 1:
+    raise UserError(f"--sample={n}: ask for at least one sample")
+  os.makedirs(out_dir, exist_ok=True)
+  fc = trained.feature_config
+  zs = latents.sample_prior(seed, trained.latent_frames(num_frames), trained.latent_channels, n,
+                            temperature)
+  mels = [trained.decode(z, num_frames) for z in zs]
+  paths = []
+  for i, wave in enumerate(synthesize(trained, mels, seed=seed)):
+    paths.append(os.path.join(out_dir, f"sample_{i:02d}.wav"))
+    audio.write_audio(paths[-1], wave, fc.sample_rate)
+  fig = plots.spectrogram_grid([(f"sample {i} (seed {seed}, T={temperature:g})", m)
+                                for i, m in enumerate(mels)], fc.frames_per_second, ncols=4)
+  paths.append(plots.save_figure(fig, os.path.join(out_dir, "samples.png")))
+  return paths
+
+
+def write_interpolation(trained: Trained, a: tuple[str, np.ndarray], b: tuple[str, np.ndarray],
+                        out_dir: str, steps: int = 8, method: str = "slerp",
+                        align: str = "resample", seed: int = 0) -> list[str]:
+  """Decodes `interpolation` between two utterances: a WAV per step, all steps in one WAV, a PNG grid."""
+  (name_a, mel_a), (name_b, mel_b) = a, b
+  os.makedirs(out_dir, exist_ok=True)
+  fc = trained.feature_config
+  _, mels = interpolation(trained, mel_a, mel_b, steps, method, align)
+  waves = synthesize(trained, mels, seed=seed)
+  stem = f"interp_{name_a}_{name_b}_{method}"
+  out = []
+  for i, w in enumerate(waves):
+    out.append(os.path.join(out_dir, f"{stem}_{i:02d}.wav"))
+    audio.write_audio(out[-1], w, fc.sample_rate)
+  out.append(os.path.join(out_dir, f"{stem}.wav"))
+  audio.write_audio(out[-1], concat_audio(waves, fc.sample_rate), fc.sample_rate)
+  ts = np.linspace(0.0, 1.0, steps)
+  panels = [(f"{name_a} (input)", mel_a)] + [(f"t = {t:.2f}", m) for t, m in zip(ts, mels)]
+  panels.append((f"{name_b} (input)", mel_b))
+  fig = plots.spectrogram_grid(panels, fc.frames_per_second, ncols=min(steps + 2, 6))
+  out.append(plots.save_figure(fig, os.path.join(out_dir, f"{stem}.png")))
+  return out
+
+
+def interpolation(trained: Trained, mel_a: np.ndarray, mel_b: np.ndarray, steps: int = 8,
+                  method: str = "slerp", align: str = "resample") -> tuple[np.ndarray, list[np.ndarray]]:
+  """The path [steps, Tz, C] between two utterances' posterior means, and the log-mels it decodes to.
+
+  The two latent sequences are brought to the shorter length first: the longer
+  is linearly time-resampled (align='resample') or cut (align='crop'). Slerp
+  treats each whole latent sequence as one vector. The decodes have the
+  shorter utterance's length, so the path's end at it is its reconstruction.
+  """
+  za, zb = trained.encode(mel_a)[0], trained.encode(mel_b)[0]
+  za, zb = latents.align(za, zb, align)
+  shorter = mel_a if len(mel_a) <= len(mel_b) else mel_b
+  num_frames = len(shorter) if trained.latent_frames(len(shorter)) == len(za) else len(za) * trained.stride
+  path_z = latents.interpolation_path(za, zb, steps, method)
+  return path_z, [trained.decode(z, num_frames) for z in path_z]
+
+
+def write_traversal(trained: Trained, utterance: tuple[str, np.ndarray], kl_per_channel: np.ndarray,
+                    out_dir: str, num_channels: int = 4, max_shift: float = 3.0, num_shifts: int = 7,
+                    seed: int = 0) -> list[str]:
+  """Shifts the posterior mean of the highest-KL channels over [-max_shift, max_shift] (prior stds).
+
+  Writes one grid PNG (a row per channel, a column per shift) and one WAV per
+  channel with the shifted decodes in order, separated by short silences.
+  """
+  name, mel = utterance
+  os.makedirs(out_dir, exist_ok=True)
+  fc = trained.feature_config
+  z = trained.encode(mel)[0]
+  shifts = np.linspace(-max_shift, max_shift, num_shifts)
+  channels = latents.top_channels(kl_per_channel, min(num_channels, trained.latent_channels))
+  panels, out = [], []
+  for c in channels:
+    mels = [trained.decode(zz, len(mel)) for zz in latents.traverse(z, int(c), shifts)]
+    panels += [(f"channel {c} ({kl_per_channel[c]:.2f} nats): {s:+.1f}", m) for s, m in zip(shifts, mels)]
+    waves = synthesize(trained, mels, seed=seed)
+    out.append(os.path.join(out_dir, f"traverse_{name}_c{int(c):02d}.wav"))
+    audio.write_audio(out[-1], concat_audio(waves, fc.sample_rate), fc.sample_rate)
+  fig = plots.spectrogram_grid(panels, fc.frames_per_second, ncols=num_shifts)
+  out.append(plots.save_figure(fig, os.path.join(out_dir, f"traverse_{name}.png")))
+  return out
