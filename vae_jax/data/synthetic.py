@@ -722,7 +722,7 @@ def generate_corpus(out_dir: str, *, sample_rate: int = 16000, num_speakers: int
     if progress:
       import tqdm  # pylint: disable=g-import-not-at-top
 
-      plan = tqdm.tqdm(plan, desc="synthetic corpus", unit="utt")
+      plan = tqdm.tqdm(plan, desc="synthetic corpus", unit="utt", disable=None)
     for index, (name, s, w, split) in enumerate(plan):
       rng = np.random.default_rng([seed, _UTTERANCE_STREAM, s, index % utterances_per_speaker])
       wave, utt = synthesize_utterance(rng, speakers[s], w, sample_rate, factor_hop, name=name,
