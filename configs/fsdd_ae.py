@@ -4,7 +4,11 @@
   python eval.py --workdir=runs/fsdd --baseline_workdir=runs/fsdd_ae
 
 Same architecture and latent size as configs/fsdd.py; only the KL term and the sampling go.
-Measured figures: see README.md.
+Runtime: 26 min 8 s on 2 CPU cores (AMD EPYC) while two other training runs shared them;
+alone, expect about configs/fsdd.py's 14 min (the same model and 8000 steps).
+Measured at step 8000 on the FSDD test split (eval.py --baseline_workdir): log-mel MSE 0.205
+(the beta = 0.3 VAE: 0.202), LSD 3.88 dB, STOI 0.897, PESQ 2.95; linear probes digit 0.90,
+speaker 1.00 (VAE: 0.85, 0.99).
 """
 
 from configs import fsdd

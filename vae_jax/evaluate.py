@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, metrics
-from vae_jax.data.loader import eval_batches
+from vae_jax.data.loader import eval_batches, padded_batch
 from vae_jax.data.store import Split
 from vae_jax.features import Normalizer
 from vae_jax.models.layers import downsample_mask
@@ -172,17 +172,7 @@ def length_batches(split: Split, normalizer: Normalizer, batch_size: int,
   first = len(order) % batch_size or batch_size
   bounds = [0] + list(range(first, len(order) + 1, batch_size))
   for start, stop in zip(bounds, bounds[1:]):
-    idx = order[start:stop]
-    t = -(-int(split.lengths[idx].max()) // length_multiple) * length_multiple
-    mel = np.zeros((batch_size, t, split.num_mels), np.float32)
-    mask = np.zeros((batch_size, t), np.float32)
-    index = np.full((batch_size,), -1, np.int64)
-    for j, i in enumerate(idx):
-      x = split.utterance(int(i))
-      mel[j, :len(x)] = normalizer.normalize(x)
-      mask[j, :len(x)] = 1.0
-      index[j] = i
-    yield {"mel": mel, "mask": mask, "index": index}
+    yield padded_batch(split, order[start:stop], normalizer, batch_size, length_multiple)
 
 
 def log_mean_exp(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -11,7 +11,7 @@ never read whole by any one process.
 import dataclasses
 import queue
 import threading
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -165,17 +165,21 @@ def eval_batches(split: Split, normalizer: Normalizer, batch_size: int, length_m
   """
   n = len(split) if max_utterances <= 0 else min(len(split), max_utterances)
   order = np.argsort(split.lengths[:n], kind="stable")
-  f = split.num_mels
   for b in range(0, n, batch_size):
-    idx = order[b:b + batch_size]
-    longest = int(split.lengths[idx].max())
-    t = -(-longest // length_multiple) * length_multiple
-    mel = np.zeros((batch_size, t, f), np.float32)
-    mask = np.zeros((batch_size, t), np.float32)
-    index = np.full((batch_size,), -1, np.int64)
-    for j, i in enumerate(idx):
-      x = split.utterance(int(i))
-      mel[j, :len(x)] = normalizer.normalize(x)
-      mask[j, :len(x)] = 1.0
-      index[j] = i
-    yield {"mel": mel, "mask": mask, "index": index}
+    yield padded_batch(split, order[b:b + batch_size], normalizer, batch_size, length_multiple)
+
+
+def padded_batch(split: Split, idx: Sequence[int], normalizer: Normalizer, batch_size: int,
+                 length_multiple: int) -> dict[str, np.ndarray]:
+  """The utterances `idx`, normalised and zero-padded to [batch_size, T, F] with a frame mask."""
+  longest = int(split.lengths[np.asarray(idx)].max())
+  t = -(-longest // length_multiple) * length_multiple
+  mel = np.zeros((batch_size, t, split.num_mels), np.float32)
+  mask = np.zeros((batch_size, t), np.float32)
+  index = np.full((batch_size,), -1, np.int64)
+  for j, i in enumerate(idx):
+    x = split.utterance(int(i))
+    mel[j, :len(x)] = normalizer.normalize(x)
+    mask[j, :len(x)] = 1.0
+    index[j] = i
+  return {"mel": mel, "mask": mask, "index": index}
