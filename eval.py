@@ -4,6 +4,8 @@
   python eval.py --workdir=W --baseline_workdir=W_ae        # ... with the deterministic AE beside it
   python eval.py --workdir=W --audio a.wav b.flac --out=DIR # reconstruct any audio files
   python eval.py --workdir=W --sample=8                     # decode draws from the prior
+  python eval.py --workdir=P --sample=8 --condition=digit=7 --guidance=2  # a learned prior workdir P
+  python eval.py --workdir=P --sample_quality               # its bound and sample-quality table
   python eval.py --workdir=W --interpolate a.wav b.wav --steps=8 --method=slerp
   python eval.py --workdir=W --traverse                     # shift the highest-KL latent channels
 """
@@ -32,9 +34,24 @@ _MAX_UTT = flags.DEFINE_integer("max_utterances", 0, "Evaluate the first N test 
 
 _AUDIO = flags.DEFINE_multi_string("audio", [], "Audio files to reconstruct (more may follow as "
                                    "plain arguments).")
-_SAMPLE = flags.DEFINE_integer("sample", 0, "Utterances to draw from the prior.", lower_bound=0)
-_SECONDS = flags.DEFINE_float("seconds", None, "Length of prior samples (default: the median test utterance).")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Prior standard deviation for --sample.")
+_SAMPLE = flags.DEFINE_integer("sample", 0, "Utterances to draw from the prior: the learned one of a "
+                               "prior workdir, else N(0, I).", lower_bound=0)
+_SECONDS = flags.DEFINE_float("seconds", None, "Length of every sample (default: lengths drawn from the "
+                              "train split's, among utterances matching --condition).")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature (default: the prior config's, "
+                                  "1 for N(0, I)). With N(0, I) the same seed at another temperature "
+                                  "gives the same draws scaled; with a learned prior it scales each "
+                                  "mixture component's standard deviation.")
+_PRIOR = flags.DEFINE_enum("prior", "learned", ["learned", "standard"], "For a prior workdir: sample "
+                           "its learned prior or the VAE's N(0, I).")
+_CONDITION = flags.DEFINE_string("condition", None, "Labels for the learned prior, e.g. "
+                                 "digit=7,speaker=jackson (each optional).")
+_GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (0: unconditional, "
+                               "1: conditional, > 1: stronger; default: the prior config's).")
+_SAMPLE_QUALITY = flags.DEFINE_bool("sample_quality", False, "Prior workdirs: only the generation "
+                                    "report (learned-prior bound and sample-quality table).")
+_SAMPLE_CLIPS = flags.DEFINE_integer("sample_clips", 0, "Clips per sample-quality row (0: as many as "
+                                     "test utterances).", lower_bound=0)
 _INTERPOLATE = flags.DEFINE_multi_string("interpolate", [], "Two utterances (audio files or corpus "
                                          "names) to interpolate between; the second may be a plain argument.")
 _STEPS = flags.DEFINE_integer("steps", 8, "Points on the interpolation path, endpoints included.",
@@ -70,6 +87,8 @@ def main(argv: list[str]) -> None:
       baseline_workdir=_BASELINE.value,
       iwae_samples=_IWAE.value, audio_metrics=_AUDIO_METRICS.value, max_utterances=_MAX_UTT.value,
       audio=tuple(audio), sample=_SAMPLE.value, seconds=_SECONDS.value, temperature=_TEMPERATURE.value,
+      prior=_PRIOR.value, condition=_CONDITION.value, guidance=_GUIDANCE.value,
+      sample_quality=_SAMPLE_QUALITY.value, sample_clips=_SAMPLE_CLIPS.value,
       interpolate=tuple(interpolate), steps=_STEPS.value, method=_METHOD.value, align=_ALIGN.value,
       traverse=_TRAVERSE.value, utterance=_UTTERANCE.value, traverse_channels=_TRAVERSE_CHANNELS.value,
       traverse_range=_TRAVERSE_RANGE.value, traverse_steps=_TRAVERSE_STEPS.value)

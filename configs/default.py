@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the base config."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # One base PRNG key per run; data order, init and sampling all derive from it.
+  c.kind = "vae"  # What train.py trains: "vae", or "prior" (a latent prior over a trained VAE run).
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "synthetic"  # "synthetic" (generated, no download), "fsdd" or "folder".
@@ -88,6 +89,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoints = True  # Write checkpoints in the background.
   c.train.on_nonfinite = "stop"  # "stop" at a NaN/inf loss or gradient, or "skip" that update.
   c.train.progress_bar = True  # tqdm bar on a terminal; plain log lines otherwise.
+
+  # kind = "prior" (configs/fsdd_prior.py): a causal transformer over a frozen VAE's latent
+  # sequences. The data, features and model sections then come from the VAE run; train and
+  # optim apply to the prior.
+  c.prior = ml_collections.ConfigDict()
+  c.prior.vae_workdir = ""  # The trained VAE run whose posterior latents the prior models (never changed).
+  c.prior.vae_step = 0  # That run's checkpoint step (0: its latest).
+  c.prior.conditions = ()  # Corpus labels to condition on, e.g. ("digit", "speaker"); each optional at sampling.
+  c.prior.label_dropout = 0.2  # Chance per label and example that training sees it as unknown (guidance).
+  c.prior.width = 128  # Transformer width.
+  c.prior.depth = 4  # Transformer blocks.
+  c.prior.heads = 4  # Attention heads.
+  c.prior.mlp_ratio = 4  # MLP hidden width / transformer width.
+  c.prior.num_mixtures = 8  # Gaussian mixture components per latent frame.
+  c.prior.max_latent_frames = 256  # Longest latent sequence the prior can model (position tables).
+  c.prior.guidance = 1.0  # Default classifier-free guidance scale for sampling (0: unconditional).
+  c.prior.temperature = 1.0  # Default sampling temperature (scales every mixture component's std).
+  c.prior.eval_samples = 4  # Posterior draws per test utterance for the learned prior's eval KL.
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 32  # Utterances per evaluation batch.

@@ -93,13 +93,17 @@ def test_time_resample_and_align():
     latents.align(z, z, "stretch")
 
 
-def test_sample_prior_is_seeded_and_standard_normal():
-  a = latents.sample_prior(3, 50, 16, n=40)
-  assert a.shape == (40, 50, 16)
-  np.testing.assert_array_equal(a, latents.sample_prior(3, 50, 16, n=40))
-  assert not np.array_equal(a, latents.sample_prior(4, 50, 16, n=40))
-  assert abs(a.mean()) < 0.02 and abs(a.std() - 1) < 0.02
-  assert latents.sample_prior(3, 50, 16, n=40, temperature=0.5).std() == pytest.approx(0.5 * a.std())
+def test_sample_prior_is_seeded_standard_normal_and_independent_per_draw():
+  a = latents.sample_prior(3, [50] * 40, 16)
+  assert [x.shape for x in a] == [(50, 16)] * 40
+  np.testing.assert_array_equal(np.stack(a), np.stack(latents.sample_prior(3, [50] * 40, 16)))
+  assert not np.array_equal(np.stack(a), np.stack(latents.sample_prior(4, [50] * 40, 16)))
+  assert abs(np.stack(a).mean()) < 0.02 and abs(np.stack(a).std() - 1) < 0.02
+  # Temperature scales the same draws; more or longer draws keep the first ones' values.
+  np.testing.assert_allclose(np.stack(latents.sample_prior(3, [50] * 40, 16, 0.5)), 0.5 * np.stack(a))
+  more = latents.sample_prior(3, [50, 80, 7], 16)
+  np.testing.assert_array_equal(more[0], a[0])
+  assert [len(x) for x in more] == [50, 80, 7]
 
 
 def test_traverse_shifts_one_channel():

@@ -85,6 +85,7 @@ def _is_ints(x) -> bool:
 _TYPES: dict[str, Callable[[Any], bool]] = {
     "int": _is_int, "num": _is_num, "str": lambda x: isinstance(x, str),
     "bool": lambda x: isinstance(x, bool), "ints": _is_ints,
+    "strs": lambda x: isinstance(x, (tuple, list)) and all(isinstance(v, str) for v in x),
 }
 
 
@@ -128,8 +129,10 @@ def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
   stride = _time_stride(config)
   strides = _get(config, "model.strides") if _is_ints(_get(config, "model.strides")) else ()
   corpus = _get(config, "data.corpus")
+  kind = _get(config, "kind")
   return [
       ("seed", "int", _any, "an integer"),
+      ("kind", "str", lambda x: x in ("vae", "prior"), "'vae' or 'prior'"),
       ("data.corpus", "str", lambda x: x in ("synthetic", "fsdd", "folder"),
        "'synthetic', 'fsdd' or 'folder'"),
       ("data.path", "str", lambda x: bool(x) or corpus == "synthetic",
@@ -193,6 +196,21 @@ def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
       ("train.async_checkpoints", "bool", _any, "true or false"),
       ("train.on_nonfinite", "str", lambda x: x in ("stop", "skip"), "'stop' or 'skip'"),
       ("train.progress_bar", "bool", _any, "true or false"),
+      ("prior.vae_workdir", "str", lambda x: bool(x) or kind != "prior",
+       "the workdir of a trained VAE run (a non-empty path)"),
+      ("prior.vae_step", "int", _nonneg, "an integer >= 0 (0: the latest)"),
+      ("prior.conditions", "strs", lambda x: len(set(x)) == len(x), "a tuple of distinct label names"),
+      ("prior.label_dropout", "num", lambda x: 0 <= x <= 1, "in [0, 1]"),
+      ("prior.width", "int", lambda x: x > 0 and x % max(_get(config, "prior.heads") or 1, 1) == 0,
+       "a positive multiple of prior.heads"),
+      ("prior.depth", "int", _pos, "a positive integer"),
+      ("prior.heads", "int", _pos, "a positive integer"),
+      ("prior.mlp_ratio", "int", _pos, "a positive integer"),
+      ("prior.num_mixtures", "int", _pos, "a positive integer"),
+      ("prior.max_latent_frames", "int", _pos, "a positive integer"),
+      ("prior.guidance", "num", math.isfinite, "a finite number (0: unconditional, 1: conditional)"),
+      ("prior.temperature", "num", lambda x: x > 0, "a positive number"),
+      ("prior.eval_samples", "int", _pos, "a positive integer"),
       ("eval.batch_size", "int", _pos, "a positive integer"),
       ("eval.length_multiple", "int", lambda x: x > 0 and x % stride == 0,
        f"a positive multiple of the model's time stride {stride}"),

@@ -36,8 +36,13 @@ class EvalOptions:
   # Other modes.
   audio: tuple[str, ...] = ()
   sample: int = 0
-  seconds: float | None = None
-  temperature: float = 1.0
+  seconds: float | None = None  # None: lengths drawn from the train split's (for the condition).
+  temperature: float | None = None  # None: the prior config's (1 for N(0, I)).
+  prior: str = "learned"  # "learned" (a prior workdir's) or "standard" (N(0, I)).
+  condition: str | None = None  # e.g. "digit=7,speaker=jackson" (a learned, conditional prior).
+  guidance: float | None = None  # None: the prior config's.
+  sample_quality: bool = False  # Only the generation report (bound and sample quality) of a prior workdir.
+  sample_clips: int = 0  # Clips per sample-quality row (0: as many as test utterances).
   interpolate: tuple[str, ...] = ()
   steps: int = 8
   method: str = "slerp"
@@ -51,20 +56,25 @@ class EvalOptions:
 
 def run(o: EvalOptions) -> int:
   """Runs every mode the options ask for; returns the exit status (1 if an input file failed)."""
-  trained = load_trained(o.workdir, o.step)
-  other = bool(o.audio or o.sample or o.interpolate or o.traverse)
+  from vae_jax.prior import is_prior_workdir, load_prior  # pylint: disable=g-import-not-at-top
+
+  prior = load_prior(o.workdir, o.step) if is_prior_workdir(o.workdir) else None
+  trained = prior.vae_run if prior else load_trained(o.workdir, o.step)
+  if o.sample_quality and prior is None:
+    raise UserError(f"--sample_quality needs a prior workdir; {o.workdir} holds a VAE "
+                    "(train one with configs/fsdd_prior.py)")
+  other = bool(o.audio or o.sample or o.interpolate or o.traverse or o.sample_quality)
   status = 0
   if o.report or (o.report is None and not other):
-    _report(o, trained)
+    _report(o, trained, prior)
+  elif o.sample_quality:
+    _generation_only(o, prior)
   if o.audio:
     status = _audio(o, trained)
   utterances = generate.Utterances(trained, o.data_path)
   if o.sample:
-    frames = (round(o.seconds * trained.feature_config.frames_per_second) if o.seconds
-              else _median_test_frames(trained, utterances))
-    paths = generate.write_samples(trained, o.sample, _out(o, "samples"), max(frames, 1), o.seed,
-                                   o.temperature)
-    print(f"samples: {len(paths) - 1} WAVs and {paths[-1]}")
+    paths = _samples(o, trained, prior, utterances)
+    print(f"samples: {len(paths) - 1} WAVs, samples.json and {paths[-1]}")
   if o.interpolate:
     if len(o.interpolate) != 2:
       raise UserError(f"--interpolate takes two utterances (files or corpus names), got {len(o.interpolate)}")
@@ -91,17 +101,79 @@ def _out(o: EvalOptions, mode: str) -> str:
   return o.out or os.path.join(o.workdir, "eval", mode)
 
 
-def _report(o: EvalOptions, trained) -> None:
+def _report(o: EvalOptions, trained, prior) -> None:
   from vae_jax import report, report_md  # pylint: disable=g-import-not-at-top
 
-  r = report.evaluate_workdir(o.workdir, baseline_workdir=o.baseline_workdir,
+  r = report.evaluate_workdir(trained.workdir, baseline_workdir=o.baseline_workdir,
                               num_samples=o.iwae_samples, audio_metrics=o.audio_metrics,
                               max_utterances=o.max_utterances, data_path=o.data_path, seed=o.seed,
                               trained=trained)
+  if prior is not None:
+    m, r.sections = _generation(o, prior)
+    r.metrics.update(m)
   paths = report_md.write_report(r, o.report_dir or report.default_dir(o.workdir))
   print(report_md.summary_table(r.metrics))
+  if prior is not None:
+    print("\n".join(r.sections))
   print(f"report:  {paths['report']}")
   print(f"metrics: {paths['metrics']}")
+
+
+def _generation(o: EvalOptions, prior):
+  from vae_jax.prior import report as prior_report  # pylint: disable=g-import-not-at-top
+
+  k = o.iwae_samples or prior.vae_run.config.eval.iwae_samples
+  return prior_report.generation_report(prior, num_samples=k, n=o.sample_clips, seed=o.seed,
+                                        guidance=o.guidance, temperature=o.temperature,
+                                        data_path=o.data_path)
+
+
+def _generation_only(o: EvalOptions, prior) -> None:
+  """--sample_quality: the generation section alone, as generation.md and generation.json."""
+  from vae_jax.report_md import to_jsonable  # pylint: disable=g-import-not-at-top
+
+  m, lines = _generation(o, prior)
+  out = o.report_dir or os.path.join(o.workdir, "eval")
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "generation.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(out, "generation.json"), "w") as f:
+    json.dump(to_jsonable({"workdir": prior.workdir, "step": prior.step, **m}), f, indent=1)
+  print("\n".join(lines))
+  print(f"generation report: {os.path.join(out, 'generation.md')}")
+
+
+def _samples(o: EvalOptions, trained, prior, utterances: generate.Utterances) -> list[str]:
+  """--sample: draws from the learned prior (when the workdir has one and --prior=learned) or N(0, I)."""
+  fps = trained.feature_config.frames_per_second
+  if prior is not None and o.prior == "learned":
+    draws = prior.sample(o.sample, condition=o.condition, guidance=o.guidance, temperature=o.temperature,
+                         seconds=o.seconds, seed=o.seed)
+    g = prior.config.prior.guidance if o.guidance is None else o.guidance
+    info = [{"prior": "learned", "guidance": g, "condition": {
+        k: prior.label_names[k][v] for k, v in d.condition.items()}} for d in draws]
+    titles = [f"sample {i}" + "".join(f", {k}={v}" for k, v in r["condition"].items())
+              for i, r in enumerate(info)]
+    return generate.write_samples(trained, [d.log_mel for d in draws], _out(o, "samples"), titles,
+                                  o.seed, info)
+  if o.condition:
+    raise UserError("--condition needs a learned conditional prior: pass its workdir as --workdir "
+                    "(and leave out --prior=standard)")
+  if o.seconds is not None:
+    if o.seconds <= 0:
+      raise UserError(f"--seconds={o.seconds:g}: it must be positive")
+    frames = np.full(o.sample, max(1, round(o.seconds * fps)))
+  elif prior is not None:
+    rng = np.random.default_rng([o.seed % 2**32, 7])
+    frames = prior.draw_lengths(o.sample, {}, rng)
+  else:
+    frames = _train_lengths(trained, utterances, o.sample, o.seed)
+  temperature = 1.0 if o.temperature is None else o.temperature
+  mels = generate.standard_prior_mels(trained, frames, o.seed, temperature)
+  info = [{"prior": "standard", "temperature": temperature}] * len(mels)
+  return generate.write_samples(trained, mels, _out(o, "samples"),
+                                [f"sample {i} (N(0, I), T={temperature:g})" for i in range(len(mels))],
+                                o.seed, info)
 
 
 def _audio(o: EvalOptions, trained) -> int:
@@ -118,13 +190,15 @@ def _audio(o: EvalOptions, trained) -> int:
   return 1 if errors else 0
 
 
-def _median_test_frames(trained, utterances: generate.Utterances) -> int:
+def _train_lengths(trained, utterances: generate.Utterances, n: int, seed: int) -> np.ndarray:
+  """n mel-frame lengths drawn from the train split's (the training segment length without the corpus)."""
   try:
-    return utterances.median_test_frames()
+    lengths = utterances.data.train.lengths
   except DataError as e:
     frames = int(trained.config.data.segment_frames)
     log.warning("%s: samples get the training segment length, %d frames (set --seconds)", e, frames)
-    return frames
+    return np.full(n, frames)
+  return np.random.default_rng([seed % 2**32, 7]).choice(lengths, size=n)
 
 
 def _kl_per_channel(o: EvalOptions, trained, utterances: generate.Utterances,

@@ -99,11 +99,14 @@ class SplitPass:
   latent_frames_N: np.ndarray
 
 
-def make_bound_step(model: VAE, stride: int, num_samples: int) -> Callable:
+def make_bound_step(model: VAE, stride: int, num_samples: int,
+                    log_prior: Callable | None = None) -> Callable:
   """Jitted (params, mel, mask, mean, logvar, key_B) -> (log_weights [K, B], nll [K, B]).
 
   Samples are drawn one at a time (lax.map), so memory does not grow with K.
   Latents of padded frames are zero, so they neither enter the bound nor the decoder.
+  `log_prior(z_BxTzxC, mask_z_BxTz) -> [B]` replaces the standard normal prior, e.g.
+  a learned prior (vae_jax.prior), whose KL then has no closed form.
   """
 
   @jax.jit
@@ -117,7 +120,10 @@ def make_bound_step(model: VAE, stride: int, num_samples: int) -> Callable:
       recon = model.apply({"params": params}, z, mask_BxT, method=VAE.decode)
       nll_B = (losses.gaussian_nll(mel_BxTxF, recon, params["log_scale"])
                * mask_BxT[..., None]).sum((1, 2))
-      log_pz_B = (losses.log_normal(z, 0.0, 0.0) * mask_z).sum((1, 2))
+      if log_prior is None:
+        log_pz_B = (losses.log_normal(z, 0.0, 0.0) * mask_z).sum((1, 2))
+      else:
+        log_pz_B = log_prior(z, mask_z[..., 0])
       log_qz_B = (losses.log_normal(z, mean_BxTzxC, logvar_BxTzxC) * mask_z).sum((1, 2))
       return log_pz_B - log_qz_B - nll_B, nll_B
 
@@ -128,8 +134,13 @@ def make_bound_step(model: VAE, stride: int, num_samples: int) -> Callable:
 
 def run_split(trained, split: Split, key: jax.Array, *, num_samples: int = 0, decode: bool = True,
               batch_size: int = 32, length_multiple: int = 32,
-              on_batch: Callable[[int], None] | None = None) -> SplitPass:
-  """Encodes every utterance; decodes posterior means and draws `num_samples` bound samples if asked."""
+              on_batch: Callable[[int], None] | None = None,
+              log_prior: Callable | None = None) -> SplitPass:
+  """Encodes every utterance; decodes posterior means and draws `num_samples` bound samples if asked.
+
+  With `log_prior` (see make_bound_step) the bound samples use that prior; kl_NxC stays
+  the analytic KL against N(0, I).
+  """
   n, c = len(split), trained.latent_channels
   mean, logvar = [None] * n, [None] * n
   recon = [None] * n if decode else None
@@ -137,7 +148,7 @@ def run_split(trained, split: Split, key: jax.Array, *, num_samples: int = 0, de
   nll = np.zeros((n,)) if num_samples else None
   kl = np.zeros((n, c))
   frames, latent_frames = split.lengths.astype(np.float64), np.zeros((n,))
-  bound = make_bound_step(trained.model, trained.stride, num_samples) if num_samples else None
+  bound = make_bound_step(trained.model, trained.stride, num_samples, log_prior) if num_samples else None
   for batch in length_batches(split, trained.normalizer, batch_size, length_multiple):
     params, mel, mask = trained.params, batch["mel"], batch["mask"]
     m, lv, mask_z = trained.encode_batch(params, mel, mask)

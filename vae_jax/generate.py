@@ -140,26 +140,35 @@ class Utterances:
     i = int(np.argsort(test.lengths, kind="stable")[len(test) // 2])
     return _stem(test.names[i]), np.asarray(test.utterance(i))
 
-  def median_test_frames(self) -> int:
-    return int(np.median(self.data.test.lengths))
+
+MAX_GRID_PANELS = 32  # Spectrograms in a samples PNG; more draws are written as WAVs only.
 
 
-def write_samples(trained: Trained, n: int, out_dir: str, num_frames: int, seed: int = 0,
-                  temperature: float = 1.0) -> list[str]:
-  """n utterances of num_frames frames decoded from prior draws: WAVs and one spectrogram grid."""
-  if n < 1:
-    raise UserError(f"--sample={n}: ask for at least one sample")
+def standard_prior_mels(trained: Trained, mel_frames_N: Sequence[int], seed: int = 0,
+                        temperature: float = 1.0) -> list[np.ndarray]:
+  """Log-mels decoded from N(0, temperature^2 I) draws (latents.sample_prior), one length per draw."""
+  zs = latents.sample_prior(seed, [trained.latent_frames(int(t)) for t in mel_frames_N],
+                            trained.latent_channels, temperature)
+  return [trained.decode(z, int(t)) for z, t in zip(zs, mel_frames_N)]
+
+
+def write_samples(trained: Trained, mels: Sequence[np.ndarray], out_dir: str, titles: Sequence[str],
+                  seed: int = 0, info: Sequence[dict] | None = None) -> list[str]:
+  """WAVs of sampled log-mels (names padded to sort), a grid PNG of the first MAX_GRID_PANELS and samples.json."""
+  if not mels:
+    raise UserError("--sample=0: ask for at least one sample")
   os.makedirs(out_dir, exist_ok=True)
   fc = trained.feature_config
-  zs = latents.sample_prior(seed, trained.latent_frames(num_frames), trained.latent_channels, n,
-                            temperature)
-  mels = [trained.decode(z, num_frames) for z in zs]
+  width = max(2, len(str(len(mels) - 1)))
   paths = []
   for i, wave in enumerate(synthesize(trained, mels, seed=seed)):
-    paths.append(os.path.join(out_dir, f"sample_{i:02d}.wav"))
+    paths.append(os.path.join(out_dir, f"sample_{i:0{width}d}.wav"))
     audio.write_audio(paths[-1], wave, fc.sample_rate)
-  fig = plots.spectrogram_grid([(f"sample {i} (seed {seed}, T={temperature:g})", m)
-                                for i, m in enumerate(mels)], fc.frames_per_second, ncols=4)
+  rows = [{"wav": os.path.basename(p), "seconds": len(m) / fc.frames_per_second, **(info[i] if info else {})}
+          for i, (p, m) in enumerate(zip(paths, mels))]
+  _write_json(os.path.join(out_dir, "samples.json"), rows)
+  shown = list(zip(titles, mels))[:MAX_GRID_PANELS]
+  fig = plots.spectrogram_grid(shown, fc.frames_per_second, ncols=4)
   paths.append(plots.save_figure(fig, os.path.join(out_dir, "samples.png")))
   return paths
 

@@ -84,11 +84,15 @@ def align(a_TxC: np.ndarray, b_TxC: np.ndarray, mode: str = "resample") -> tuple
   raise ValueError(f"unknown alignment {mode!r}: use 'resample' or 'crop'")
 
 
-def sample_prior(seed: int, num_latent_frames: int, channels: int, n: int = 1,
-                 temperature: float = 1.0) -> np.ndarray:
-  """[n, Tz, C] draws from the standard normal prior, scaled by `temperature`."""
-  rng = np.random.default_rng(seed)
-  return temperature * rng.standard_normal((n, num_latent_frames, channels))
+def sample_prior(seed: int, latent_frames_N: Sequence[int], channels: int,
+                 temperature: float = 1.0) -> list[np.ndarray]:
+  """Draws [Tz_i, C] from the standard normal prior scaled by `temperature`, one length per draw.
+
+  Draw i depends only on (seed, i): the same seed at another temperature gives the same
+  draws scaled, and asking for more draws keeps the first ones.
+  """
+  return [temperature * np.random.default_rng([seed % 2**32, i]).standard_normal((int(t), channels))
+          for i, t in enumerate(latent_frames_N)]
 
 
 def traverse(z_TzxC: np.ndarray, channel: int, shifts: Sequence[float]) -> np.ndarray:

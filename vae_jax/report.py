@@ -48,6 +48,7 @@ class Report:
   refs: list[np.ndarray]
   trained: Trained
   dataset: Dataset
+  sections: list[str] = dataclasses.field(default_factory=list)  # Extra markdown (e.g. generation).
 
 
 def evaluate_workdir(workdir: str, *, step: int | None = None, baseline_workdir: str | None = None,

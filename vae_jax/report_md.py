@@ -181,6 +181,7 @@ def render_markdown(report: Report, figures: Mapping[str, str]) -> str:
   lines += _reconstruction_section(report, figures)
   lines += _audio_section(report, figures)
   lines += _probe_section(m, figures)
+  lines += report.sections
   lines += ["## Files", "", "`metrics.json` holds every number above (NaN written as null) and "
             "a per-utterance list (`utterances`: bounds per frame, per-clip STOI and PESQ).", ""]
   return "\n".join(lines)

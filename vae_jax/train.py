@@ -1,13 +1,14 @@
 """Training: the per-device ELBO step and the loop around it (logging, evaluation, checkpoints)."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -21,7 +22,7 @@ from vae_jax import losses
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.config import validate
 from vae_jax.data.loader import LoaderState, TrainLoader
-from vae_jax.data.store import Dataset, load_dataset
+from vae_jax.data.store import load_dataset
 from vae_jax.errors import ConfigError, UserError
 from vae_jax.evaluate import evaluate_split, make_eval_step
 from vae_jax.features import Normalizer
@@ -87,13 +88,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
 
   (loss, (terms, kl_c, latent_frames)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads, loss = psum(grads), psum(loss)
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updated = state.apply_gradients(grads=grads)
-  # A non-finite update is never applied; the host stops or counts it (train.on_nonfinite).
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-  new_state = new_state.replace(step=state.step + 1)
-  _, schedule = make_optimizer(config)
+  new_state, update_metrics = apply_update(state, grads, loss, config)
   nll, kl = psum(terms["nll"].sum()) / frames, psum(terms["kl"].sum()) / frames
   metrics = {
       "train/loss": loss,
@@ -102,13 +97,25 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
       "train/kl": kl,
       "train/kl_per_channel": kl_c,
       "train/mse_normalized": psum(terms["sq_err"].sum()) / (frames * mel.shape[-1]),
-      "train/grad_norm": grad_norm,
-      "train/learning_rate": schedule(state.step),
       "train/beta": beta,
-      "train/finite": finite,
       "train/latent_frames": latent_frames,
+      **update_metrics,
   }
   return new_state, metrics
+
+
+def apply_update(state: TrainState, grads: Any, loss: jax.Array,
+                 config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimiser update of (already all-reduced) gradients, kept only if loss and gradients are finite."""
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updated = state.apply_gradients(grads=grads)
+  # A non-finite update is never applied; the host stops or counts it (train.on_nonfinite).
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  new_state = new_state.replace(step=state.step + 1)
+  _, schedule = make_optimizer(config)
+  return new_state, {"train/grad_norm": grad_norm, "train/learning_rate": schedule(state.step),
+                     "train/finite": finite}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -127,6 +134,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return {"step": None, "stopped_by_signal": True, "skipped_updates": 0}
 
 
+@dataclasses.dataclass
+class Task:
+  """What one objective gives the shared loop: its step, data, evaluation and checkpoint meta."""
+
+  state: TrainState  # Initial host state (restored over when resuming).
+  step_fn: Callable  # Pure per-device step(state, batch, key, axis_name) -> (state, metrics).
+  loader: TrainLoader
+  # (step, host params, writer) -> eval metrics; may write files and media through the writer.
+  evaluate: Callable[[int, Any, MetricWriter], dict[str, Any]]
+  summary: Callable[[dict[str, Any]], str]  # One progress line about an evaluation.
+  meta: dict[str, Any]  # Saved with every checkpoint, besides the loop's own entries.
+  frames_per_step: float  # Frames of (model-rate) data one step consumes, for throughput logs.
+  frames_per_second: float  # Frames per second of audio, for train/audio_sec_per_sec.
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         signals: "_StopSignals") -> dict[str, Any]:
   validate(config)
@@ -142,35 +164,61 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _check_resumable(workdir, config, meta)
     _write_config(workdir, config)
     signals.check()
-
-    normalizer = Normalizer.from_dict(meta["normalizer"]) if meta else None
-    data = load_dataset(config, normalizer, process_index=jax.process_index(),
-                        process_count=jax.process_count())
-    signals.check()
-    model = build_model(config)
     base_key = jax.random.key(config.seed)
-    state = create_train_state(config, model, jax.random.fold_in(base_key, 0))
-    signals.check()
-    loader = TrainLoader(data.train, data.normalizer, global_batch=config.train.batch_size,
-                         num_local_devices=len(devices), segment_frames=config.data.segment_frames,
-                         seed=config.seed, prefetch=config.data.prefetch,
-                         process_index=jax.process_index(), process_count=jax.process_count())
-    cleanup.callback(loader.close)
+    if config.kind == "prior":
+      from vae_jax.prior import training as prior_training  # pylint: disable=g-import-not-at-top
+
+      task = prior_training.make_task(config, workdir, meta, devices, base_key, signals)
+    else:
+      task = _vae_task(config, workdir, meta, devices, base_key, signals)
+    cleanup.callback(task.loader.close)
+    state = task.state
     if meta:
       state, meta = ckpt.restore(state, resume_step)
-      loader.restore(LoaderState.from_dict(meta["loader"]))
+      task.loader.restore(LoaderState.from_dict(meta["loader"]))
       log.info("resumed from %s", ckpt.step_dir(resume_step))
-    _save_normalizer(workdir, data.normalizer)
 
     from vae_jax.parallel import DataParallel  # pylint: disable=g-import-not-at-top
 
-    step_fn = functools.partial(train_step, model=model, config=config)
-    parallel = DataParallel(step_fn, devices, config.train.parallel)
+    parallel = DataParallel(task.step_fn, devices, config.train.parallel)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     cleanup.callback(writer.close)
-    loop = _Loop(config, workdir, data, model, parallel, ckpt, writer, loader, base_key, signals)
+    loop = _Loop(config, task, parallel, ckpt, writer, base_key, signals)
     loop.resume_from(meta)
     return loop.run(parallel.put_state(state))
+
+
+def _vae_task(config, workdir: str, meta: dict | None, devices, base_key, signals) -> Task:
+  """The VAE objective: ELBO steps on mel crops; evaluation on the test split with reconstructions."""
+  from vae_jax import samples  # pylint: disable=g-import-not-at-top
+
+  normalizer = Normalizer.from_dict(meta["normalizer"]) if meta else None
+  data = load_dataset(config, normalizer, process_index=jax.process_index(),
+                      process_count=jax.process_count())
+  signals.check()
+  model = build_model(config)
+  state = create_train_state(config, model, jax.random.fold_in(base_key, 0))
+  signals.check()
+  loader = TrainLoader(data.train, data.normalizer, global_batch=config.train.batch_size,
+                       num_local_devices=len(devices), segment_frames=config.data.segment_frames,
+                       seed=config.seed, prefetch=config.data.prefetch,
+                       process_index=jax.process_index(), process_count=jax.process_count())
+  _save_normalizer(workdir, data.normalizer)
+  eval_step, e = make_eval_step(model), config.eval
+
+  def evaluate(step: int, params, writer: MetricWriter) -> dict[str, Any]:
+    metrics = evaluate_split(eval_step, params, data.test, data.normalizer,
+                             jax.random.fold_in(base_key, 2), batch_size=e.batch_size,
+                             length_multiple=e.length_multiple, max_utterances=e.max_utterances)
+    if jax.process_index() == 0 and e.num_audio_examples:
+      samples.write_reconstructions(model, params, data, config, workdir, step, writer)
+    return metrics
+
+  return Task(state, functools.partial(train_step, model=model, config=config), loader, evaluate,
+              lambda m: (f"eval neg-ELBO {m['eval/loss']:.4f} nats/frame, "
+                         f"log-mel MSE {m['eval/logmel_mse']:.4f}"),
+              {"normalizer": data.normalizer.to_dict()},
+              config.train.batch_size * config.data.segment_frames, data.feature_config.frames_per_second)
 
 
 class _Interrupted(BaseException):
@@ -256,8 +304,8 @@ def _check_resumable(workdir: str, config, meta) -> None:
   if saved is None:
     return
   now = json.loads(config.to_json_best_effort())
-  for section in ("model", "features"):
-    if saved.get(section) != now.get(section):
+  for section in ("kind", "model", "features", "prior"):
+    if section in saved and saved.get(section) != now.get(section):
       raise ConfigError(f"{workdir} holds a run with a different {section} config: "
                         "use a new --workdir or the original config")
 
@@ -287,12 +335,10 @@ _SKIP_WARNINGS = 5
 class _Loop:
   """The host-side training loop; owns timing, logging, evaluation and checkpoint cadence."""
 
-  def __init__(self, config, workdir, data: Dataset, model, parallel, ckpt: Checkpointer,
-               writer: MetricWriter, loader: TrainLoader, base_key, signals: _StopSignals):
-    self.config, self.workdir, self.data, self.model = config, workdir, data, model
-    self.parallel, self.ckpt, self.writer, self.loader = parallel, ckpt, writer, loader
-    self.base_key, self.signals = base_key, signals
-    self.eval_step = make_eval_step(model)
+  def __init__(self, config, task: Task, parallel, ckpt: Checkpointer, writer: MetricWriter,
+               base_key, signals: _StopSignals):
+    self.config, self.task, self.parallel, self.ckpt = config, task, parallel, ckpt
+    self.writer, self.loader, self.base_key, self.signals = writer, task.loader, base_key, signals
     self.skipped = 0
     self.last_eval: dict[str, Any] = {}
     self.last_eval_step = -1
@@ -387,32 +433,22 @@ class _Loop:
     finite = [w for w in window if bool(w["train/finite"])]
     keys = [k for k in window[-1] if k not in ("train/finite", "train/latent_frames")]
     mean = {k: np.mean([np.asarray(w[k]) for w in finite], axis=0) for k in keys} if finite else {}
-    frames = self.config.train.batch_size * self.config.data.segment_frames
     mean["train/steps_per_sec"] = steps_per_sec
-    mean["train/frames_per_sec"] = steps_per_sec * frames
-    mean["train/audio_sec_per_sec"] = mean["train/frames_per_sec"] / self.data.feature_config.frames_per_second
+    mean["train/frames_per_sec"] = steps_per_sec * self.task.frames_per_step
+    mean["train/audio_sec_per_sec"] = mean["train/frames_per_sec"] / self.task.frames_per_second
     mean["train/skipped_updates"] = self.skipped
     self.writer.scalars(step, mean)
     progress.update(step, float(mean.get("train/loss", np.nan)), steps_per_sec)
 
   def _evaluate(self, step: int, state, progress: Progress) -> None:
-    from vae_jax import samples  # pylint: disable=g-import-not-at-top
-
-    params = self.parallel.get_state(state).params
-    e = self.config.eval
-    metrics = evaluate_split(self.eval_step, params, self.data.test, self.data.normalizer,
-                             jax.random.fold_in(self.base_key, 2), batch_size=e.batch_size,
-                             length_multiple=e.length_multiple, max_utterances=e.max_utterances)
+    metrics = self.task.evaluate(step, self.parallel.get_state(state).params, self.writer)
     self.writer.scalars(step, metrics)
     self.last_eval = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
     self.last_eval_step = step
-    progress.write(f"step {step}: eval neg-ELBO {metrics['eval/loss']:.4f} nats/frame, "
-                   f"log-mel MSE {metrics['eval/logmel_mse']:.4f}")
-    if jax.process_index() == 0 and e.num_audio_examples:
-      samples.write_reconstructions(self.model, params, self.data, self.config, self.workdir, step, self.writer)
+    progress.write(f"step {step}: {self.task.summary(metrics)}")
 
   def _save(self, step: int, state) -> None:
-    meta = {"loader": self.loader.state.to_dict(), "normalizer": self.data.normalizer.to_dict(),
+    meta = {**self.task.meta, "loader": self.loader.state.to_dict(),
             "config": json.loads(self.config.to_json_best_effort()),
             "skipped_updates": self.skipped, "last_eval": self.last_eval,
             "last_eval_step": self.last_eval_step}

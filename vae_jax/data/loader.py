@@ -40,7 +40,8 @@ class TrainLoader:
 
   def __init__(self, split: Split, normalizer: Normalizer, *, global_batch: int,
                num_local_devices: int, segment_frames: int, seed: int,
-               process_index: int = 0, process_count: int = 1, prefetch: int = 0):
+               process_index: int = 0, process_count: int = 1, prefetch: int = 0,
+               labels: Sequence[str] = (), length_multiple: int = 0):
     if global_batch % (num_local_devices * process_count):
       raise ConfigError(
           f"train.batch_size={global_batch} is not divisible by the {num_local_devices * process_count} "
@@ -53,6 +54,10 @@ class TrainLoader:
     self.num_local_devices = num_local_devices
     self.process_index, self.process_count = process_index, process_count
     self.steps_per_epoch = len(split) // global_batch
+    self.labels = tuple(labels)  # Split labels added to each batch as 'labels/<name>' [D, B].
+    # > 0: a batch is only as long as its longest crop, rounded up to this multiple (fewer
+    # padded frames for whole-utterance batches, one program per multiple).
+    self.length_multiple = length_multiple
     self.state = LoaderState()
     self.prefetch = prefetch
     self._queue = None
@@ -70,9 +75,15 @@ class TrainLoader:
     starts = np.floor(u * (np.maximum(lengths - self.segment_frames, 0) + 1)).astype(np.int64)
     per_process = self.global_batch // self.process_count
     mine = slice(self.process_index * per_process, (self.process_index + 1) * per_process)
-    mel, mask = self._crops(chosen[mine], starts[mine])
+    t = self.segment_frames
+    if self.length_multiple:
+      t = min(t, -(-int(np.minimum(lengths, t).max()) // self.length_multiple) * self.length_multiple)
+    mel, mask = self._crops(chosen[mine], starts[mine], t)
     shape = (self.num_local_devices, per_process // self.num_local_devices)
-    return {"mel": mel.reshape(shape + mel.shape[1:]), "mask": mask.reshape(shape + mask.shape[1:])}
+    batch = {"mel": mel.reshape(shape + mel.shape[1:]), "mask": mask.reshape(shape + mask.shape[1:])}
+    for name in self.labels:
+      batch[f"labels/{name}"] = self.split.labels[name][chosen[mine]].astype(np.int32).reshape(shape)
+    return batch
 
   def _permutation(self, epoch: int) -> np.ndarray:
     # Drawn once per epoch: at hundreds of thousands of utterances it would dominate each batch.
@@ -82,8 +93,8 @@ class TrainLoader:
       self._perm = (epoch, perm)
     return perm
 
-  def _crops(self, utts: np.ndarray, starts: np.ndarray):
-    t, f = self.segment_frames, self.split.num_mels
+  def _crops(self, utts: np.ndarray, starts: np.ndarray, t: int):
+    f = self.split.num_mels
     mel = np.zeros((len(utts), t, f), np.float32)
     mask = np.zeros((len(utts), t), np.float32)
     for j, (u, s) in enumerate(zip(utts, starts)):
