@@ -6,6 +6,17 @@
   python eval.py --workdir=runs/synthetic_prior --sample_quality
 
 Same recipe as configs/fsdd_prior.py (see its docstring for the choices).
+Runtime: 7 min 16 s on 2 CPU cores (Intel Xeon, no GPU) while other jobs shared them; the VAE
+(configs/default.py) took 10 min 11 s under the same load.
+Measured (test split, 160 utterances; `python eval.py --workdir=runs/synthetic_prior --sample_quality`,
+guidance 3, temperature 0.8; classifier 00120189aff5, test accuracy speaker 0.963, word 1.000):
+  -ELBO -22.24 nats/frame with this prior (Monte Carlo KL 1.43, K = 16) against -20.67 with
+  N(0, I) (KL 2.92); -IWAE (K = 16) -23.18.
+  Word IS 9.37 unconditional (10.7 with labels drawn from the train split) against 14.9 for
+  Griffin-Lim from the true mel and 4.27 for N(0, I) draws; FD 59.9 (45.0) against 320 for
+  N(0, I) and 51.1 for time-reversed speech. Word-conditioned accuracy 0.875, speaker-conditioned
+  0.650 (both given: 0.906 / 0.669); the synthetic voices differ only in vocal-tract length and
+  pitch range, which the classifier itself tells apart in 96% of real clips.
 """
 
 from configs import fsdd_prior

@@ -8,6 +8,10 @@ visible together with its record: there is no moment at which a complete step
 lacks one, and a step without a record next to steps that have one is
 incomplete or tampered with. Directories written before records existed hold
 no record at all; their steps are restored unverified, with a warning.
+
+A save that fails in the background (a full disk, say) is noticed when it fails: a
+watcher thread waits for each asynchronous save, records the failure as one line and
+calls `on_failure`; the next `save` or `wait` raises it. Every wait is bounded.
 """
 
 import contextlib
@@ -16,12 +20,15 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
-from typing import Any, Iterator
+import threading
+from typing import Any, Callable, Iterator
 
 import jax
 import orbax.checkpoint as ocp
 
+from vae_jax import workdir as workdir_lib
 from vae_jax.errors import CheckpointError
 
 log = logging.getLogger("vae_jax")
@@ -34,20 +41,43 @@ METRICS_FILE = "metrics/metrics"  # Orbax's copy of the metrics passed to save()
 UNHASHED_FILES = frozenset({INTEGRITY_FILE, "_CHECKPOINT_METADATA", "commit_success.txt"})
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _CHUNK = 1 << 20
+# Longer than Orbax's own barrier timeout (AsyncOptions.timeout_secs, 600 s), whose error
+# then comes first; this bound is for a save stuck on storage that never answers.
+SAVE_TIMEOUT_S = 900.0
+# The errno inside Orbax and TensorStore messages: "[os_error_code='28']", "[Errno 28]".
+_ERRNO_IN_TEXT = re.compile(r"os_error_code='?(\d+)|\[Errno (\d+)\]")
+
+
+class CheckpointSaveError(CheckpointError, OSError):
+  """A checkpoint could not be written (full disk, storage errors) or its save did not finish.
+
+  Also an OSError, which is what a failed save raised before it had a one-line message.
+  `abandon_threads`: the save is stuck, and the process should exit without waiting for it.
+  """
+
+  abandon_threads = False
 
 
 class Checkpointer:
   """Keeps the latest `keep` checkpoints and the best one by eval loss (lower is better)."""
 
   def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True, create: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, save_timeout_s: float = SAVE_TIMEOUT_S):
     """`read_only` (for evaluation while a run may still be writing): no tmp clean-up, no saves."""
     self.directory = os.path.abspath(directory)
     if (read_only or not create) and not os.path.isdir(self.directory):
       raise CheckpointError(f"no checkpoints in {self.directory}")
     self.async_save = async_save
+    self.save_timeout_s = save_timeout_s
+    # Called (on the watcher thread) when a save fails, e.g. to stop training at its next step.
+    self.on_failure: Callable[[], None] | None = None
+    self.failure: CheckpointSaveError | None = None  # The first failed save, once known.
+    self._failure_reported = False
+    self._watcher: threading.Thread | None = None  # Waits for the save in flight.
+    self._in_flight: int | None = None  # Its step.
     self._sealing: int | None = None  # The step whose save is in flight.
     self._checked: dict[int, bool] = {}  # step -> True (verified) or False (no record, legacy).
+    _silence_orbax_errors()
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=keep),
         # reverse=True sorts by descending loss, so the kept tail holds the lowest loss.
@@ -57,10 +87,13 @@ class Checkpointer:
     # Saves always go through Orbax's async path: only it runs a hook between finalising the
     # data and renaming the directory, which is where the integrity record is written.
     # best_fn also makes Orbax store the metrics, without which BestN has nothing to rank.
+    # Orbax's own clean-up of partial saves runs on a background thread that nothing waits
+    # for; left running at exit it printed "cannot schedule new futures after interpreter
+    # shutdown". _remove_partial_saves does the same work before Orbax opens the directory.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC], best_mode="min",
         enable_async_checkpointing=True, create=create and not read_only, read_only=read_only,
-        save_interval_steps=0 if read_only else 1, cleanup_tmp_directories=not read_only,
+        save_interval_steps=0 if read_only else 1, cleanup_tmp_directories=False,
         async_options=ocp.AsyncOptions(post_finalization_callback=self._seal))
     if not read_only:
       self._remove_partial_saves()
@@ -76,9 +109,19 @@ class Checkpointer:
     # Orbax would do this too, but in the background; done here it is over when __init__ returns.
     if jax.process_index() != 0:
       return
-    for path in sorted(glob.glob(os.path.join(self.directory, f"*{_TMP_SUFFIX}*"))):
-      log.info("removing %s: a checkpoint save that did not finish", path)
-      shutil.rmtree(path, ignore_errors=True)
+    partial = sorted(glob.glob(os.path.join(self.directory, f"*{_TMP_SUFFIX}*")))
+    if not partial:
+      return
+    # A training run holds its workdir (vae_jax.workdir): a save in a workdir that another
+    # live process holds may be in flight, not a crash's leftover.
+    with workdir_lib.held_elsewhere(os.path.dirname(self.directory)) as owner:
+      if owner is not None:
+        log.warning("leaving %d partial saves in %s alone: the workdir is held by a live run (%s)",
+                    len(partial), self.directory, owner)
+        return
+      for path in partial:
+        log.info("removing %s: a checkpoint save that did not finish", path)
+        shutil.rmtree(path, ignore_errors=True)
 
   def _check_metrics_files(self, read_only: bool) -> None:
     """Orbax parses every step's metrics when it opens a directory and fails on a corrupt one."""
@@ -110,17 +153,46 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
-    """Saves a host-side (unreplicated) state and a JSON-able `meta` dict."""
+    """Saves a host-side (unreplicated) state and a JSON-able `meta` dict.
+
+    CheckpointSaveError (one line) if this save or the previous one failed.
+    """
     # One save in flight at a time, so the sealing hook knows which step it finalises.
-    self.manager.wait_until_finished()
-    self._sealing = step
+    self.wait()
+    self._sealing, self._in_flight = step, step
     self._checked.pop(step, None)
-    with _quiet_absl():  # Orbax warns about every save without metrics (most are).
-      self.manager.save(
-          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-          metrics=metrics, force=True)
+    try:
+      with _quiet_absl():  # Orbax warns about every save without metrics (most are).
+        self.manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            metrics=metrics, force=True)
+    except Exception as e:  # The synchronous part failed (e.g. creating the directory).
+      self._record_failure(step, e)
+      self._failure_reported = True
+      raise self.failure from None
+    self._watcher = threading.Thread(target=self._await_save, args=(step,), daemon=True,
+                                     name=f"checkpoint-{step}-watcher")
+    self._watcher.start()
     if not self.async_save:
+      self.wait()
+
+  def _await_save(self, step: int) -> None:
+    """Runs on the watcher thread: waits for Orbax's background save and records how it ended."""
+    try:
       self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._record_failure(step, e)
+
+  def _record_failure(self, step: int, e: BaseException) -> None:
+    if self.failure is None:
+      self.failure = self._save_error(step, save_failure_reason(e, self.directory))
+    if self.on_failure is not None:
+      self.on_failure()
+
+  def _save_error(self, step: int, reason: str) -> CheckpointSaveError:
+    good = [s for s in _finalised_steps(self.directory) if s != step]
+    last = f"the last good checkpoint is step {good[-1]}" if good else "no earlier checkpoint exists"
+    return CheckpointSaveError(f"saving checkpoint {step} to {self.step_dir(step)} failed: {reason}; {last}")
 
   def _seal(self) -> None:
     """Writes the integrity record of the step being finalised (runs on Orbax's save thread)."""
@@ -246,11 +318,91 @@ class Checkpointer:
     return step
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits (at most `save_timeout_s`) for the save in flight; CheckpointSaveError if a save failed."""
+    failure = self.take_failure()
+    if failure is not None:
+      raise failure
+
+  def settle(self) -> CheckpointSaveError | None:
+    """Waits (bounded) for the save in flight and returns the failure of a save, if one failed."""
+    watcher = self._watcher
+    if watcher is not None:
+      # Once a failure is known the watcher is ending (or stuck, when that failure is its timeout).
+      watcher.join(self.save_timeout_s if self.failure is None else min(self.save_timeout_s, 5.0))
+      if watcher.is_alive() and self.failure is None:
+        self.failure = self._save_error(
+            self._in_flight, f"it did not finish within {self.save_timeout_s:g} s (storage not answering?)")
+        self.failure.abandon_threads = True  # Orbax's save thread would keep the process alive.
+      if not watcher.is_alive():
+        self._watcher = None
+    return self.failure
+
+  def take_failure(self) -> CheckpointSaveError | None:
+    """`settle`, for a caller that reports the failure itself (close will not raise it again)."""
+    failure = self.settle()
+    self._failure_reported = self._failure_reported or failure is not None
+    return failure
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the save in flight and closes; raises a save failure no caller has been told of."""
+    failure = self.settle()
+    if self._watcher is not None:  # Stuck: Orbax's close would wait for it forever.
+      log.debug("not closing %s: a save is still in flight", self.directory)
+    else:
+      if failure is not None:
+        # Orbax raises a failed save once per thread that waits for it: take it here, then close.
+        with contextlib.suppress(Exception):
+          self.manager.wait_until_finished()
+      self.manager.close()
+    if failure is not None and not self._failure_reported:
+      self._failure_reported = True
+      raise failure
+
+
+def _finalised_steps(directory: str) -> list[int]:
+  """Steps whose directories were renamed into place (complete saves), ascending."""
+  try:
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  except OSError:
+    return []
+
+
+def save_failure_reason(e: BaseException, directory: str) -> str:
+  """Why a save failed, in a few words: 'no space left on device (0.2 MiB free)', else Orbax's first line."""
+  code = _errno(e)
+  if code is None:
+    return _first_line(e)
+  return workdir_lib.describe_os_error(OSError(code, os.strerror(code)), directory)
+
+
+def _errno(e: BaseException) -> int | None:
+  """The OS error number behind an exception (its chain included), if it names one."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno:
+      return e.errno
+    found = _ERRNO_IN_TEXT.search(str(e))
+    if found:
+      return int(found.group(1) or found.group(2))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+class _OrbaxErrorFilter(logging.Filter):
+  """Drops Orbax's error logs: each failed save logged four tracebacks; Checkpointer reports it in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+_ORBAX_ERROR_FILTER = _OrbaxErrorFilter()
+
+
+def _silence_orbax_errors() -> None:
+  logger = logging.getLogger("absl")
+  if _ORBAX_ERROR_FILTER not in logger.filters:
+    logger.addFilter(_ORBAX_ERROR_FILTER)
 
 
 def _hashed_files(step_dir: str) -> dict[str, str]:

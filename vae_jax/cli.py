@@ -3,7 +3,8 @@
 import logging
 import os
 import sys
-from typing import Callable
+import threading
+from typing import Callable, NoReturn
 
 from absl import flags
 
@@ -64,11 +65,42 @@ def run_main(main: Callable[[list[str]], None]) -> None:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
   setup_logging()
+  threading.excepthook = _thread_excepthook
+  sys.unraisablehook = _unraisable_hook
   try:
     main(argv)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit(2, abandon_threads=getattr(e, "abandon_threads", False))
+
+
+def _exit(status: int, abandon_threads: bool = False) -> NoReturn:
+  """sys.exit; os._exit where an error says a thread is stuck, since the interpreter would wait for it."""
+  if abandon_threads:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+  sys.exit(status)
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+  """A background thread's OSError (a full disk under a log writer) as one warning line, not a traceback."""
+  if args.exc_type is not None and issubclass(args.exc_type, OSError):
+    name = args.thread.name if args.thread is not None else "a background thread"
+    logging.getLogger("vae_jax").warning("%s stopped: %s", name, args.exc_value)
+    return
+  threading.__excepthook__(args)
+
+
+def _unraisable_hook(args) -> None:
+  """Drops TensorStore's late callbacks into the closed event loop of an Orbax save that failed.
+
+  A failed save (a full disk) closes its loop while its other writes are still finishing;
+  each of them then printed a 'RuntimeError: Event loop is closed' traceback.
+  """
+  if isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(args)
 
 
 def default_workdir(config_flag_name: str = "config") -> str:

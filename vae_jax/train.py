@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,7 @@ import optax
 from flax.training import train_state
 
 from vae_jax import losses
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.config import validate
 from vae_jax.data.loader import LoaderState, TrainLoader
@@ -153,11 +155,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         signals: "_StopSignals") -> dict[str, Any]:
   validate(config)
   devices = _devices(config)  # Device-dependent config checks, before anything is written.
-  os.makedirs(workdir, exist_ok=True)
   with contextlib.ExitStack() as cleanup:
+    # Held before anything in the workdir is touched: a second run is refused here, so the
+    # clean-up of partial saves below only ever meets saves of runs that are gone.
+    cleanup.enter_context(workdir_lib.hold(workdir))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
                         async_save=config.train.async_checkpoints)
-    cleanup.callback(ckpt.close)
+    _close_on_exit(cleanup, ckpt.close)
+    ckpt.on_failure = functools.partial(_stop_after_failed_save, signals)
+    cleanup.enter_context(_one_line_write_errors(ckpt, workdir))
     # Corrupt newer steps are set aside, so that the steps they held can be saved again.
     resume_step = ckpt.latest_good_step(set_aside=True)
     meta = ckpt.restore_meta(resume_step) if resume_step is not None else None
@@ -171,7 +177,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       task = prior_training.make_task(config, workdir, meta, devices, base_key, signals)
     else:
       task = _vae_task(config, workdir, meta, devices, base_key, signals)
-    cleanup.callback(task.loader.close)
+    _close_on_exit(cleanup, task.loader.close)
     state = task.state
     if meta:
       state, meta = ckpt.restore(state, resume_step)
@@ -182,10 +188,66 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     parallel = DataParallel(task.step_fn, devices, config.train.parallel)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    cleanup.callback(writer.close)
+    _close_on_exit(cleanup, writer.close)
     loop = _Loop(config, task, parallel, ckpt, writer, base_key, signals)
     loop.resume_from(meta)
     return loop.run(parallel.put_state(state))
+
+
+# How long closing one thing (a writer whose thread died on a full disk, say) may take on an
+# error path before the run gives up on it.
+_CLOSE_TIMEOUT_S = 60.0
+
+
+def _close_on_exit(stack: contextlib.ExitStack, close: Callable[[], None]) -> None:
+  """Registers `close`; while an error is on its way out, a failing or stuck close is passed over."""
+
+  def on_exit(exc_type, exc, tb) -> bool:
+    del exc_type, tb
+    if exc is None:
+      close()
+    else:  # The error on its way out is the one to report, not a consequence of it.
+      _close_within(close, _CLOSE_TIMEOUT_S)
+    return False
+
+  stack.push(on_exit)
+
+
+def _close_within(close: Callable[[], None], timeout_s: float) -> None:
+  """Runs `close` on a daemon thread for at most `timeout_s`, dropping what it raises."""
+  def run() -> None:
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      log.debug("while stopping on an error, closing failed too: %s", e)
+
+  thread = threading.Thread(target=run, daemon=True, name="close-on-error")
+  thread.start()
+  thread.join(timeout_s)
+  if thread.is_alive():
+    log.debug("while stopping on an error, a close did not finish within %.0f s", timeout_s)
+
+
+def _stop_after_failed_save(signals: "_StopSignals") -> None:
+  """Makes the loop stop after its current step, as a stop signal does; its save then reports the failure."""
+  if signals.received is None:
+    signals.received = "a failed checkpoint save"
+
+
+@contextlib.contextmanager
+def _one_line_write_errors(ckpt: Checkpointer, workdir: str) -> Iterator[None]:
+  """Reports a failed save as the cause of what followed it, and a full disk in one line."""
+  try:
+    yield
+  except Exception as e:
+    # A full disk fails the logs too, often before the save that first met it is reported.
+    failure = ckpt.take_failure()
+    if failure is not None and failure is not e:
+      raise failure from None
+    full = workdir_lib.disk_full_error(e, workdir)
+    if full is not None:
+      raise full from None
+    raise
 
 
 def _vae_task(config, workdir: str, meta: dict | None, devices, base_key, signals) -> Task:

@@ -8,6 +8,13 @@ extraction resumes at the first missing shard. Several processes can share the
 work: process p of P extracts the chunks i with i % P == p, then waits for the
 others' shards to appear.
 
+The `.json` (written last: it marks the shard complete) holds the shard's index
+and an integrity record: the byte size and sha256 of the `.npy`, and a sha256 of
+the rest of the `.json`. Every open checks both files against it; a damaged
+shard is rebuilt from its audio by the process that extracts it, with one
+warning, or refused with one line when its audio has changed or gone since the
+corpus was listed. Temporary files of killed writers are removed at a later open.
+
 A split whose features fit in `data.max_memory_mb` is read into one array; a
 larger one streams: only its index (shard, first row, length per utterance) is
 held, and frames are read from the shards when a batch needs them.
@@ -15,6 +22,7 @@ held, and frames are read from the shards when a batch needs them.
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +30,7 @@ import multiprocessing
 import os
 import tempfile
 import time
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tqdm
@@ -37,13 +45,18 @@ log = logging.getLogger("vae_jax")
 
 FILES_PER_SHARD = 512
 # Bumped whenever the on-disk layout of shards changes, so old caches are ignored, not misread.
-CACHE_FORMAT = 2
+# 3: the .json holds an integrity record (older shards have none, so they are extracted again).
+CACHE_FORMAT = 3
 # Below this many files, worker start-up costs more than it saves.
 MIN_FILES_FOR_WORKERS = 64
 # Frames per chunk of the normaliser's moments: 8 MiB of float64 at 64 mel bins.
 NORMALIZER_CHUNK_FRAMES = 16384
 # Seconds without a new shard (or moments file) from the other processes before giving up.
 WAIT_TIMEOUT_S = 1800.0
+# A `*.tmp` file in the cache untouched for this long belongs to a killed writer: a live one
+# writes its file from start to end in one go (seconds) and then renames it.
+STALE_TMP_S = 600.0
+_INDEX_KEYS = ("format", "kept", "skipped", "npy_bytes", "npy_sha256", "index_sha256")
 _MIN_STD = 1e-3  # As Normalizer.fit.
 
 
@@ -236,19 +249,26 @@ def _exchanged_moments(split: Split, bounds: list[tuple[int, int]], p: int, coun
     yield stream.Moments(int(n[c // count]), mean[c // count], m2[c // count])
 
 
-def cache_key(entries: Iterable[Entry], fc: FeatureConfig) -> str:
+def cache_key(entries: Iterable[Entry], fc: FeatureConfig,
+              stamps: Sequence[str] | None = None) -> str:
   """Hash of the feature config, the shard layout and the files (path, size, mtime)."""
+  entries = list(entries)
+  stamps = [_stamp(e.path) for e in entries] if stamps is None else stamps
   h = hashlib.sha256(fc.to_json().encode())
   # Shards written with another chunk size or format are never mixed with these.
   h.update(f"\0format={CACHE_FORMAT}\0files_per_shard={FILES_PER_SHARD}".encode())
-  for e in entries:
-    try:
-      st = os.stat(e.path)
-      stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-      stamp = "missing"
+  for e, stamp in zip(entries, stamps, strict=True):
     h.update(f"\0{e.name}\0{os.path.abspath(e.path)}\0{stamp}".encode())
   return h.hexdigest()[:20]
+
+
+def _stamp(path: str) -> str:
+  """'size:mtime' of a file, or 'missing'."""
+  try:
+    st = os.stat(path)
+  except OSError:
+    return "missing"
+  return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def extract_features(corpus: Corpus, fc: FeatureConfig, root: str, num_workers: int = 0, *,
@@ -259,24 +279,157 @@ def extract_features(corpus: Corpus, fc: FeatureConfig, root: str, num_workers: 
   Process `process_index` of `process_count` extracts the shards i with
   i % process_count == process_index, then waits (up to `timeout_s` seconds
   without progress) for the other processes' shards. With `wait=False` it
-  returns None instead of waiting when shards are still missing.
+  returns None instead of waiting when shards are still missing. Every shard is
+  checked against its integrity record first: a damaged one is rebuilt by the
+  process that extracts it (one warning), and waited for by the others.
   """
   _check_process(process_index, process_count)
   entries = list(corpus.entries)
-  cache_dir = os.path.join(root, "features", f"{corpus.name}-{cache_key(entries, fc)}")
+  stamps = [_stamp(e.path) for e in entries]
+  cache_dir = os.path.join(root, "features", f"{corpus.name}-{cache_key(entries, fc, stamps)}")
   os.makedirs(cache_dir, exist_ok=True)
-  chunks = [entries[i:i + FILES_PER_SHARD] for i in range(0, len(entries), FILES_PER_SHARD)]
-  todo = [i for i in range(process_index, len(chunks), process_count)
-          if not _shard_complete(cache_dir, i)]
+  _remove_stale_temporaries(cache_dir)
+  chunks, chunk_stamps = _chunked(entries), _chunked(stamps)
+  problems = _verify_shards(cache_dir, len(chunks))
+  verified = {i: meta for i, (meta, _) in enumerate(problems) if meta is not None}
+  # Only the process that extracts a shard rebuilds it, so no two processes write one file.
+  todo = [i for i in range(process_index, len(chunks), process_count) if i not in verified]
+  for i, (_, problem) in enumerate(problems):
+    if problem is not None and i in todo:
+      _rebuild_or_refuse(chunks[i], chunk_stamps[i], cache_dir, problem)
+    elif problem is not None:
+      log.warning("damaged feature cache: %s; waiting for process %d, which extracts it, to "
+                  "rebuild it", problem, i % process_count)
   if todo:
     _extract_chunks(chunks, todo, cache_dir, fc, num_workers)
-  others = [i for i in range(len(chunks)) if not _shard_complete(cache_dir, i)]
-  if others and not wait:
+    _read_back(cache_dir, todo, verified)
+  pending = [i for i in range(len(chunks)) if i not in verified]
+  if pending and not wait:
     return None
-  _wait_for(others, lambda i: _shard_complete(cache_dir, i),
+  _wait_for(pending, lambda i: _take_if_intact(cache_dir, i, verified),
             lambda i: os.path.basename(_shard_path(cache_dir, i, "")), "feature shards",
             process_count, cache_dir, timeout_s)
-  return _open_store(corpus, fc, cache_dir, len(chunks), set(todo))
+  return _open_store(corpus, fc, cache_dir, [verified[i] for i in range(len(chunks))], set(todo))
+
+
+def _verify_shards(cache_dir: str, num_shards: int) -> list[tuple[dict | None, str | None]]:
+  """_verify_shard of every shard; hashlib releases the GIL, so threads hash them side by side."""
+  workers = min(num_shards, os.cpu_count() or 1)
+  if workers <= 1:
+    return [_verify_shard(cache_dir, i) for i in range(num_shards)]
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    return list(pool.map(functools.partial(_verify_shard, cache_dir), range(num_shards)))
+
+
+def _take_if_intact(cache_dir: str, i: int, verified: dict[int, dict]) -> bool:
+  """True (and verified[i] set to its index) if shard i is intact."""
+  meta, _ = _verify_shard(cache_dir, i)
+  if meta is not None:
+    verified[i] = meta
+  return meta is not None
+
+
+def _chunked(items: Sequence) -> list:
+  return [items[i:i + FILES_PER_SHARD] for i in range(0, len(items), FILES_PER_SHARD)]
+
+
+def _rebuild_or_refuse(chunk: Sequence[Entry], stamps: Sequence[str], cache_dir: str,
+                       problem: str) -> None:
+  """Warns that a damaged shard is rebuilt, or refuses if its audio is not what was listed."""
+  changed = next((e.path for e, s in zip(chunk, stamps) if _stamp(e.path) != s), None)
+  if changed is not None:
+    # Features of other audio must not be stored under this cache key.
+    raise DataError(f"damaged feature cache: {problem}, and it cannot be rebuilt because "
+                    f"{changed} has changed or gone since the corpus was listed: rerun to list the "
+                    f"corpus again (it extracts into a new cache directory), or delete {cache_dir}")
+  log.warning("damaged feature cache: %s; rebuilding it from the audio", problem)
+
+
+def _read_back(cache_dir: str, todo: Sequence[int], verified: dict[int, dict]) -> None:
+  """Verifies the shards just written: their records must describe the files on disk."""
+  for i in todo:
+    meta, problem = _verify_shard(cache_dir, i)
+    if meta is None:
+      raise DataError(f"damaged feature cache: {problem or _shard_path(cache_dir, i, '.json')} "
+                      "just after it was written: check the disk that holds data.cache_dir")
+    verified[i] = meta
+
+
+def _verify_shard(cache_dir: str, i: int) -> tuple[dict | None, str | None]:
+  """(index, None) if shard i is intact, (None, None) if not written yet, else (None, the problem)."""
+  path = _shard_path(cache_dir, i, ".json")
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except FileNotFoundError:
+    return None, None  # The .json comes last: an interrupted extraction, or one not yet done.
+  except OSError as e:
+    return None, f"{path} cannot be read ({type(e).__name__})"
+  try:
+    meta = _parse_index(raw)
+  except ValueError as e:
+    return None, f"{path} {e}"
+  problem = _npy_problem(_shard_path(cache_dir, i, ".npy"), meta)
+  return (None, problem) if problem else (meta, None)
+
+
+def _parse_index(raw: bytes) -> dict:
+  """The shard index of a .json's bytes; ValueError says what is wrong with them."""
+  try:
+    meta = json.loads(raw.decode("utf-8"))
+  except UnicodeDecodeError:
+    raise ValueError("is not UTF-8 text") from None
+  except json.JSONDecodeError:
+    raise ValueError("is not valid JSON") from None
+  if not isinstance(meta, dict) or sorted(meta) != sorted(_INDEX_KEYS):
+    raise ValueError("has no integrity record (not a shard index of this version)")
+  if meta["format"] != CACHE_FORMAT:
+    raise ValueError(f"is of cache format {meta['format']!r}, not {CACHE_FORMAT}")
+  if meta["index_sha256"] != _index_digest(meta):
+    raise ValueError("differs from its recorded sha256 (altered)")
+  return meta
+
+
+def _index_digest(meta: dict) -> str:
+  body = {k: v for k, v in meta.items() if k != "index_sha256"}
+  return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _npy_problem(path: str, meta: dict) -> str | None:
+  """None if the .npy has the recorded size and sha256 (sizes first: no read), else what is wrong."""
+  try:
+    size = os.path.getsize(path)
+    if size != meta["npy_bytes"]:
+      return f"{path} has {size} bytes instead of {meta['npy_bytes']} (truncated or overwritten)"
+    with open(path, "rb") as f:
+      digest = hashlib.file_digest(f, "sha256").hexdigest()
+  except FileNotFoundError:
+    return f"{path} is missing"
+  except OSError as e:
+    return f"{path} cannot be read ({type(e).__name__})"
+  if digest != meta["npy_sha256"]:
+    return f"{path} differs from its recorded sha256 (altered)"
+  return None
+
+
+def _remove_stale_temporaries(cache_dir: str, max_age_s: float = STALE_TMP_S) -> None:
+  """Deletes `*.tmp` files of killed writers: those untouched for `max_age_s` seconds.
+
+  Age, not the writer's pid, tells them apart: processes on other hosts sharing
+  the cache have pids this host cannot check, and a live writer keeps writing.
+  """
+  now, removed = time.time(), 0
+  for entry in os.scandir(cache_dir):
+    if not entry.name.endswith(".tmp") or not entry.is_file(follow_symlinks=False):
+      continue
+    try:
+      if now - entry.stat(follow_symlinks=False).st_mtime > max_age_s:
+        os.remove(entry.path)
+        removed += 1
+    except FileNotFoundError:
+      pass  # Renamed by its writer, or removed by another process, meanwhile.
+  if removed:
+    log.info("removed %d temporary files of interrupted writes from %s", removed, cache_dir)
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -307,12 +460,11 @@ def _wait_for(pending: Sequence[int], done: Callable[[int], bool], name: Callabl
     pending = still
 
 
-def _open_store(corpus: Corpus, fc: FeatureConfig, cache_dir: str, num_shards: int,
+def _open_store(corpus: Corpus, fc: FeatureConfig, cache_dir: str, metas: Sequence[dict],
                 extracted_now: set[int]) -> _Store:
+  """The store over verified shards, whose indices are `metas`."""
   index, files, skipped = {}, [], []
-  for i in range(num_shards):
-    with open(_shard_path(cache_dir, i, ".json")) as f:
-      meta = json.load(f)
+  for i, meta in enumerate(metas):
     files.append(stream.ShardFile.open(_shard_path(cache_dir, i, ".npy")))
     for name, start, length in meta["kept"]:
       index[name] = (i, start, length)
@@ -333,10 +485,6 @@ def _open_store(corpus: Corpus, fc: FeatureConfig, cache_dir: str, num_shards: i
 
 def _shard_path(cache_dir: str, i: int, ext: str) -> str:
   return os.path.join(cache_dir, f"shard-{i:05d}{ext}")
-
-
-def _shard_complete(cache_dir: str, i: int) -> bool:
-  return all(os.path.exists(_shard_path(cache_dir, i, ext)) for ext in (".npy", ".json"))
 
 
 def _extract_chunks(chunks, todo, cache_dir, fc, num_workers):
@@ -386,9 +534,35 @@ def _extract_one(args: tuple[str, FeatureConfig]) -> tuple[np.ndarray | None, st
 
 
 def _atomic_save(cache_dir: str, i: int, arr: np.ndarray, meta: dict) -> None:
-  # The .json is written last and marks the shard complete.
-  _atomic_write(_shard_path(cache_dir, i, ".npy"), lambda f: np.save(f, arr))
-  _atomic_write(_shard_path(cache_dir, i, ".json"), lambda f: f.write(json.dumps(meta).encode()))
+  """Writes shard i: its .npy, then its .json (index and integrity record), which marks it complete."""
+  hashed = []
+  _atomic_write(_shard_path(cache_dir, i, ".npy"), lambda f: hashed.append(_save_hashed(f, arr)))
+  size, digest = hashed[0]
+  # Through JSON and back: the digest is of the index as a reader parses it.
+  record = json.loads(json.dumps({"format": CACHE_FORMAT, "kept": meta["kept"],
+                                  "skipped": meta["skipped"], "npy_bytes": size,
+                                  "npy_sha256": digest}))
+  record["index_sha256"] = _index_digest(record)
+  _atomic_write(_shard_path(cache_dir, i, ".json"), lambda f: f.write(json.dumps(record).encode()))
+
+
+class _HashingWriter:
+  """A write-only file that counts and hashes what passes through it."""
+
+  def __init__(self, f: BinaryIO):
+    self.f, self.size, self.sha256 = f, 0, hashlib.sha256()
+
+  def write(self, data) -> int:
+    self.size += memoryview(data).nbytes
+    self.sha256.update(data)
+    return self.f.write(data)
+
+
+def _save_hashed(f: BinaryIO, arr: np.ndarray) -> tuple[int, str]:
+  """np.save into f; the byte count and sha256 of what was written (no second read)."""
+  w = _HashingWriter(f)
+  np.save(w, arr)
+  return w.size, w.sha256.hexdigest()
 
 
 def _atomic_write(path: str, write: Callable) -> None:

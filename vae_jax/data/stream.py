@@ -6,6 +6,9 @@ resident set until the kernel reclaims it, so an epoch over a memory-mapped
 corpus reports an RSS as large as the corpus. Positional reads go through the
 page cache, which is not part of the resident set, so the process holds only the
 frames of the batch at hand. They are also safe from several threads at once.
+
+Every read is checked to be finite: the shards were verified against their
+integrity records when opened, so a NaN here means a file changed since (or a bug).
 """
 
 import dataclasses
@@ -22,6 +25,13 @@ _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
 
 def _damaged(path: str, what: str) -> DataError:
   return DataError(f"{path} {what}: the feature cache is damaged; delete its directory to extract again")
+
+
+def _not_finite(path: str, first_row: int, rows: int) -> DataError:
+  return DataError(
+      f"{path} holds non-finite features in rows {first_row}..{first_row + rows - 1} although it "
+      "matched its integrity record when opened: rerun, which verifies the feature cache again and "
+      "rebuilds a damaged shard (if this repeats, delete its directory)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +110,8 @@ class ShardRows:
         _pread_into(fd, out, f.data_offset + (int(self.start[i]) + start) * f.row_bytes, f.path)
       finally:
         os.close(fd)
+      if not np.isfinite(out).all():
+        raise _not_finite(f.path, int(self.start[i]) + start, len(out))
     return out
 
   def read_span(self, first: int, stop: int) -> np.ndarray:
@@ -117,7 +129,17 @@ class ShardRows:
     finally:
       for fd in fds.values():
         os.close(fd)
+    if not np.isfinite(out).all():
+      self._raise_not_finite(first, stop, out)
     return out
+
+  def _raise_not_finite(self, first: int, stop: int, out: np.ndarray) -> None:
+    """Names the shard of the first utterance in `out` (utterances first..stop-1) that is not finite."""
+    ends = np.cumsum(self.lengths[first:stop])
+    for i, end in zip(range(first, stop), ends):
+      n = int(self.lengths[i])
+      if not np.isfinite(out[end - n:end]).all():
+        raise _not_finite(self.files[self.shard[i]].path, int(self.start[i]), n)
 
   def take(self, indices: Sequence[int]) -> "ShardRows":
     """The chosen utterances, in the given order; nothing is read."""
