@@ -1,4 +1,5 @@
-"""Hostile audio in a folder corpus: `load_dataset` never crashes, names every bad file once, keeps the good."""
+"""Hostile and unusual audio: `load_dataset` never crashes, names every bad file once, keeps the good;
+the waveform metrics take any valid clip, scoring it or saying why not."""
 
 import functools
 import io
@@ -13,7 +14,7 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from vae_jax import audio
+from vae_jax import audio, metrics
 from vae_jax.config import load_config
 from vae_jax.data.corpora import hash_split
 from vae_jax.data.store import load_dataset
@@ -63,6 +64,24 @@ def _huge_frame_claim(rng: np.random.Generator) -> bytes:
   return bytes(data)
 
 
+@functools.lru_cache(maxsize=None)
+def _long_speech() -> bytes:
+  """Two minutes of tone bursts with pauses (~170 utterances: more than PESQ's tables hold)."""
+  t = np.arange(SR * 120) / SR
+  wave = 0.3 * np.sin(2 * np.pi * 220 * t) * (np.mod(t, 0.7) < 0.4)
+  return _encode(wave.astype(np.float32), SR, "FLAC", "PCM_24")
+
+
+def _extreme(rng: np.random.Generator) -> np.ndarray:
+  """Valid but odd: DC, a full-scale (clipped) square wave, or exactly one analysis window."""
+  choice = int(rng.integers(3))
+  if choice == 0:
+    return np.full((SR // 4, 1), rng.uniform(-1.0, 1.0), np.float32)
+  if choice == 1:
+    return np.sign(np.sin(2 * np.pi * 200 * np.arange(SR // 4) / SR + 0.1))[:, None].astype(np.float32)
+  return _tone(rng, 256 / SR, SR)  # configs/smoke.py's win_length.
+
+
 def make_file(kind: str, seed: int) -> tuple[str, bytes, str]:
   """(extension, contents, expectation) of one file of the given kind."""
   rng = np.random.default_rng(seed)
@@ -73,6 +92,20 @@ def make_file(kind: str, seed: int) -> tuple[str, bytes, str]:
     return ".flac", _encode(_tone(rng, 0.3, rate, channels=2), rate, "FLAC"), GOOD
   if kind == "valid_ogg":
     return ".ogg", _encode(_tone(rng, 0.4, 22050), 22050, "OGG"), GOOD
+  if kind == "valid_wide_samples":  # 24/32-bit integer and 64-bit float WAV, 24-bit FLAC
+    fmt, subtype = [("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "DOUBLE"), ("FLAC", "PCM_24")][int(rng.integers(4))]
+    return ".flac" if fmt == "FLAC" else ".wav", _encode(_tone(rng, 0.3, SR), SR, fmt, subtype), GOOD
+  if kind == "valid_high_rate":
+    rate = int(rng.choice([96000, 192000]))
+    return ".wav", _encode(_tone(rng, 0.25, rate), rate, "WAV", "PCM_24"), GOOD
+  if kind == "valid_many_channels":
+    return ".wav", _encode(_tone(rng, 0.2, SR, channels=int(rng.integers(3, 65))), SR, "WAV", "FLOAT"), GOOD
+  if kind == "valid_extreme":
+    return ".wav", _encode(_extreme(rng), SR, "WAV", "PCM_16"), GOOD
+  if kind == "valid_long":
+    return ".flac", _long_speech(), GOOD
+  if kind == "too_few_samples":  # Fewer than one analysis window.
+    return ".wav", _encode(_tone(rng, int(rng.integers(1, 256)) / SR, SR), SR, "WAV", "PCM_16"), BAD
   if kind == "random_bytes":
     ext = str(rng.choice([".wav", ".flac", ".ogg"]))
     return ext, rng.bytes(int(rng.integers(1, 4096))), BAD
@@ -108,7 +141,8 @@ def make_file(kind: str, seed: int) -> tuple[str, bytes, str]:
   raise ValueError(kind)
 
 
-KINDS = ("valid", "valid_stereo_flac", "valid_ogg", "random_bytes", "truncated_header", "absurd_rate",
+KINDS = ("valid", "valid_stereo_flac", "valid_ogg", "valid_wide_samples", "valid_high_rate",
+         "valid_many_channels", "valid_extreme", "valid_long", "too_few_samples", "random_bytes", "truncated_header", "absurd_rate",
          "absurd_channels", "nan", "inf", "huge_amplitude", "long_silence", "huge_frame_claim",
          "flipped_header")
 
@@ -187,7 +221,7 @@ def test_one_of_every_kind_with_its_reason(caplog):
   reasons = {"random_bytes": "unreadable audio", "absurd_rate": "sample rate",
              "absurd_channels": "channel", "nan": "NaN or infinite", "inf": "NaN or infinite",
              "huge_amplitude": "sample values up to", "long_silence": "all silent",
-             "huge_frame_claim": "header claims 68719476735 frames"}
+             "huge_frame_claim": "header claims 68719476735 frames", "too_few_samples": "too short"}
   for kind, reason in reasons.items():
     said = [r.getMessage() for r in caplog.records if f"{kind}-{KINDS.index(kind)}." in r.getMessage()]
     assert len(said) == 1 and reason in said[0], (kind, said)
@@ -212,3 +246,41 @@ def test_loud_garbage_in_several_channels_is_refused_without_overflow(tmp_path):
   sf.write(path, wave, SR, subtype="FLOAT")
   with pytest.raises(audio.BadAudio, match="sample values up to"):
     audio.read_audio(str(path), SR)
+
+
+def _signal(kind: int, n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+  """One of several valid but unusual mono signals of n samples."""
+  t = np.arange(n) / rate
+  if kind == 0:  # Speech-like bursts with pauses.
+    return np.sin(2 * np.pi * 220 * t) * (np.mod(t, rng.uniform(0.3, 1.0)) < 0.2)
+  if kind == 1:
+    return np.full(n, rng.uniform(-1, 1))  # DC
+  if kind == 2:
+    return np.sign(np.sin(2 * np.pi * rng.uniform(50, 500) * t + 0.1))  # Clipped square.
+  if kind == 3:
+    x = np.zeros(n)
+    x[rng.integers(n, size=int(rng.integers(1, 4)))] = 1.0  # Clicks in silence.
+    return x
+  if kind == 4:
+    return (-1.0) ** np.arange(n)  # Nyquist.
+  return rng.standard_normal(n) * np.exp(-t * rng.uniform(0, 50))  # Decaying noise.
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([8000, 16000]), st.sampled_from([3, 100, 255, 2000, 3999, 0.41, 1.0, 4.0, 15.0, 20.0]),
+       st.integers(0, 5), st.integers(0, 5), st.floats(-5, 3), st.floats(-30, 2), st.integers(0, 2**32 - 1))
+def test_waveform_metrics_score_any_valid_clip_or_say_why(rate, length, ref_kind, est_kind, ref_db, est_db,
+                                                          seed):
+  """Samples or seconds of audio at the reader's levels (1e-5..1e3 peak); the estimate at any level."""
+  rng = np.random.default_rng(seed)
+  n = int(length) if length > 100 else int(length * rate)
+  ref = 10.0 ** ref_db * _signal(ref_kind, n, rate, rng)
+  est = 10.0 ** est_db * _signal(est_kind, n, rate, rng) + ref * rng.uniform(0, 1)
+  for scored, (lo, hi) in ((metrics.stoi_scored(ref, est, rate), (-1.0, 1.0)),
+                           (metrics.pesq_scored(ref, est, rate), (0.9, 4.7))):
+    if scored.value is None:
+      assert isinstance(scored.missing, str) and scored.missing, scored
+    else:
+      assert scored.missing is None and lo <= scored.value <= hi, scored
+  assert metrics.pesq_scored(ref, est, rate).value is None or n <= metrics.PESQ_MAX_SECONDS * rate

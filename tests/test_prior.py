@@ -202,7 +202,8 @@ def test_prior_of_another_vae_or_corrupt_checkpoint_is_refused(smoke_workdir, pr
   # A truncated file in the prior's checkpoint.
   damaged = tmp_path / "damaged"
   shutil.copytree(prior_workdir, damaged)
-  biggest = max((p for p in (damaged / "checkpoints").rglob("*") if p.is_file()), key=os.path.getsize)
+  latest = max((p for p in (damaged / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  biggest = max((p for p in latest.rglob("*") if p.is_file()), key=os.path.getsize)
   with open(biggest, "r+b") as f:
     f.truncate(os.path.getsize(biggest) // 2)
   with pytest.raises(CheckpointError):

@@ -177,17 +177,38 @@ def _samples(o: EvalOptions, trained, prior, utterances: generate.Utterances) ->
 
 
 def _audio(o: EvalOptions, trained) -> int:
+  """--audio: reconstructs each file, printing its line as it is done; 1 if a file failed."""
   out = _out(o, "audio")
   on_error = lambda line: print(f"error: {line}", file=sys.stderr, flush=True)
+  on_result = lambda name, r: print(_file_line(name, r), flush=True)
   t0 = time.perf_counter()
-  results, errors = generate.reconstruct_files(trained, o.audio, out, o.seed, on_error)
-  for name, r in results.items():
-    pesq = f", PESQ {r['pesq']:.2f} (oracle {r['oracle_pesq']:.2f})" if "pesq" in r else ""
-    print(f"{name}: log-mel MSE {r['logmel_mse']:.3f}, LSD {r['lsd_db']:.2f} dB, MCD {r['mcd_db']:.2f} dB, "
-          f"STOI {r['stoi']:.3f} (oracle {r['oracle_stoi']:.3f}){pesq}")
-  print(f"{len(results)} of {len(o.audio)} files in {out} ({time.perf_counter() - t0:.0f} s); "
-        f"metrics: {os.path.join(out, 'metrics.json')}")
+  results, errors = generate.reconstruct_files(trained, o.audio, out, o.seed, on_error, on_result)
+  diverged = [name for name, r in results.items() if r.get("nonfinite_output")]
+  summary = f"{len(results)} of {len(o.audio)} files in {out} ({time.perf_counter() - t0:.0f} s)"
+  if diverged:
+    summary += f", {len(diverged)} with non-finite model output (their metrics are missing)"
+  print(f"{summary}; metrics: {os.path.join(out, 'metrics.json')}", flush=True)
+  if diverged:
+    print(f"warning: the model decodes {', '.join(diverged[:5])}{', ...' if len(diverged) > 5 else ''} "
+          "to NaN or infinite values (diverged parameters?); their .recon.wav files hold zeros there",
+          file=sys.stderr, flush=True)
   return 1 if errors else 0
+
+
+def _file_line(name: str, r: dict) -> str:
+  """One file's metrics on one line; a missing one is 'n/a' and its reasons follow."""
+  num = lambda key, digits: "n/a" if r.get(key) is None else f"{r[key]:.{digits}f}"
+  line = (f"{name}: log-mel MSE {num('logmel_mse', 3)}, LSD {num('lsd_db', 2)} dB, "
+          f"MCD {num('mcd_db', 2)} dB, STOI {num('stoi', 3)} (oracle {num('oracle_stoi', 3)})")
+  if "pesq" in r:
+    line += f", PESQ {num('pesq', 2)} (oracle {num('oracle_pesq', 2)})"
+  reasons: dict[str, list[str]] = {}
+  for key, reason in r.items():
+    if key.endswith("_missing"):
+      reasons.setdefault(reason, []).append(key[:-len("_missing")])
+  if reasons:
+    line += "; missing: " + "; ".join(f"{', '.join(keys)} ({why})" for why, keys in reasons.items())
+  return line
 
 
 def _train_lengths(trained, utterances: generate.Utterances, n: int, seed: int) -> np.ndarray:

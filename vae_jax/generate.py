@@ -5,6 +5,7 @@ spectrogram PNGs into `out_dir`, and returns the paths it wrote.
 """
 
 import json
+import logging
 import os
 import re
 from typing import Any, Callable, Sequence
@@ -18,6 +19,8 @@ from vae_jax.inference import Trained, griffin_lim_batch
 from vae_jax.report_md import to_jsonable
 
 GAP_SECONDS = 0.15  # Silence between the parts of a concatenated WAV.
+
+_log = logging.getLogger(__name__)
 
 
 def _stem(path: str) -> str:
@@ -50,62 +53,130 @@ def concat_audio(waves: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
   return np.concatenate(parts[:-1])
 
 
+NONFINITE_OUTPUT = "non-finite model output"
+
+
 def reconstruct_files(trained: Trained, paths: Sequence[str], out_dir: str,
                       seed: int = 0, on_error: Callable[[str], None] | None = None,
+                      on_result: Callable[[str, dict[str, Any]], None] | None = None,
                       ) -> tuple[dict[str, dict[str, Any]], list[str]]:
   """Encodes, decodes and re-synthesises each file; writes audio, PNGs and metrics.json.
 
-  Returns ({name: metrics}, error lines). A file that cannot be read is one error
-  line naming it (also passed to `on_error` at once) and the others go on.
+  Returns ({name: metrics}, error lines). A file that cannot be read or processed
+  is one error line naming it (also passed to `on_error` at once) and the others
+  go on. metrics.json is rewritten atomically after every file, so a crash loses
+  at most the file in hand; `on_result(name, metrics)` hears of each file as it is done.
   """
   os.makedirs(out_dir, exist_ok=True)
-  fc = trained.feature_config
+  json_path = os.path.join(out_dir, "metrics.json")
   results, errors = {}, []
+  _write_json(json_path, results)  # A metrics.json of an earlier run must not pass for this one's.
   for path, name in zip(paths, _unique([_stem(p) for p in paths])):
     try:
-      wave, log_mel = trained.load_audio(path)
-    except DataError as e:
-      errors.append(str(e))
+      results[name] = reconstruct_file(trained, path, name, out_dir, seed)
+    except Exception as e:  # pylint: disable=broad-except  # one file must not end the run
+      errors.append(_error_line(path, e))
       if on_error is not None:
-        on_error(str(e))
+        on_error(errors[-1])
       continue
+    _write_json(json_path, results)
+    if on_result is not None:
+      on_result(name, results[name])
+  return results, errors
+
+
+def _error_line(path: str, e: Exception) -> str:
+  """DataError's own message (it names the file); anything else as its type and first line."""
+  if isinstance(e, DataError):
+    return str(e)
+  _log.debug("%s failed", path, exc_info=True)
+  text = str(e).strip().splitlines()
+  return f"{path}: failed ({type(e).__name__}{': ' + text[0][:200] if text else ''})"
+
+
+def reconstruct_file(trained: Trained, path: str, name: str, out_dir: str, seed: int = 0
+                     ) -> dict[str, Any]:
+  """Writes <name>.recon.wav, <name>.oracle.wav and <name>.png for one file; returns its metrics.
+
+  Non-finite reconstruction samples (a diverged model) are written as zeros, with a note.
+  """
+  fc = trained.feature_config
+  wave, log_mel = trained.load_audio(path)
+  with np.errstate(over="ignore", invalid="ignore"):  # A diverged model overflows: reported below.
     recon = trained.reconstruct(log_mel)
     recon_wave, oracle_wave = synthesize(trained, [recon, log_mel], [len(wave)] * 2, seed)
-    audio.write_audio(os.path.join(out_dir, f"{name}.recon.wav"), recon_wave, fc.sample_rate)
-    audio.write_audio(os.path.join(out_dir, f"{name}.oracle.wav"), oracle_wave, fc.sample_rate)
-    fig = plots.spectrogram_grid([(f"{name}: input", log_mel), (f"{name}: reconstruction", recon)],
-                                 fc.frames_per_second, ncols=1)
-    plots.save_figure(fig, os.path.join(out_dir, f"{name}.png"))
-    results[name] = file_metrics(path, wave, log_mel, recon, recon_wave, oracle_wave, fc.sample_rate)
-  _write_json(os.path.join(out_dir, "metrics.json"), results)
-  return results, errors
+  bad = ~np.isfinite(recon_wave)
+  audio.write_audio(os.path.join(out_dir, f"{name}.recon.wav"), np.where(bad, 0.0, recon_wave),
+                    fc.sample_rate)
+  audio.write_audio(os.path.join(out_dir, f"{name}.oracle.wav"), oracle_wave, fc.sample_rate)
+  plots.save_figure(_figure(name, log_mel, recon, fc.frames_per_second),
+                    os.path.join(out_dir, f"{name}.png"))
+  out = file_metrics(path, wave, log_mel, recon, recon_wave, oracle_wave, fc.sample_rate)
+  if bad.any():
+    out["note"] = (f"{int(bad.sum())} of {bad.size} reconstructed samples are NaN or infinite; "
+                   f"{name}.recon.wav holds zeros there")
+  return out
+
+
+def _figure(name: str, log_mel: np.ndarray, recon: np.ndarray, frames_per_second: float):
+  """Input over reconstruction; non-finite values are drawn at the input's range, on its colour scale."""
+  title = f"{name}: reconstruction"
+  vmin = vmax = None
+  if not np.all(np.isfinite(recon)):
+    vmin, vmax = float(np.min(log_mel)), float(np.max(log_mel))
+    recon = np.clip(np.nan_to_num(recon, nan=vmin, posinf=vmax, neginf=vmin), vmin, vmax)
+    title += " (non-finite)"
+  return plots.spectrogram_grid([(f"{name}: input", log_mel), (title, recon)], frames_per_second,
+                                ncols=1, vmin=vmin, vmax=vmax)
 
 
 def file_metrics(path: str, wave: np.ndarray, log_mel: np.ndarray, recon: np.ndarray,
                  recon_wave: np.ndarray, oracle_wave: np.ndarray, sample_rate: int) -> dict[str, Any]:
-  """Spectral and waveform metrics of one reconstructed file (PESQ only at 8 or 16 kHz)."""
+  """Spectral and waveform metrics of one reconstructed file (PESQ only at 8 or 16 kHz).
+
+  A metric that cannot be computed is None, its reason under `<metric>_missing`.
+  NaN or infinite values in the reconstruction (log-mel or re-synthesised
+  waveform) set `nonfinite_output` and make every metric over them missing.
+  """
   n_coeffs = min(24, log_mel.shape[1] - 1)
-  out = {
+  out: dict[str, Any] = {
       "path": os.path.abspath(path),
       "seconds": len(wave) / sample_rate,
       "frames": len(log_mel),
-      "logmel_mse": metrics.logmel_mse(log_mel, recon),
-      "logmel_l1": metrics.logmel_l1(log_mel, recon),
-      "lsd_db": metrics.log_spectral_distance_db(log_mel, recon),
-      "mcd_db": metrics.mel_cepstral_distortion_db(log_mel, recon, n_coeffs=n_coeffs),
-      "stoi": metrics.stoi(wave, recon_wave, sample_rate),
-      "oracle_stoi": metrics.stoi(wave, oracle_wave, sample_rate),
   }
-  pesq = metrics.pesq(wave, recon_wave, sample_rate)
-  if pesq is not None:
-    out["pesq"] = pesq
-    out["oracle_pesq"] = metrics.pesq(wave, oracle_wave, sample_rate)
+  mel_ok, wave_ok = bool(np.all(np.isfinite(recon))), bool(np.all(np.isfinite(recon_wave)))
+  if not (mel_ok and wave_ok):
+    out["nonfinite_output"] = True
+  nonfinite = metrics.Scored(None, NONFINITE_OUTPUT)
+  spectral = {
+      "logmel_mse": metrics.logmel_mse,
+      "logmel_l1": metrics.logmel_l1,
+      "lsd_db": metrics.log_spectral_distance_db,
+      "mcd_db": lambda a, b: metrics.mel_cepstral_distortion_db(a, b, n_coeffs=n_coeffs),
+  }
+  for key, fn in spectral.items():
+    _put(out, key, metrics.Scored(fn(log_mel, recon)) if mel_ok else nonfinite)
+  waveform = {"stoi": metrics.stoi_scored}
+  if metrics.pesq_mode(sample_rate) is not None:
+    waveform["pesq"] = metrics.pesq_scored
+  for key, fn in waveform.items():
+    _put(out, key, fn(wave, recon_wave, sample_rate) if mel_ok and wave_ok else nonfinite)
+    _put(out, f"oracle_{key}", fn(wave, oracle_wave, sample_rate))
   return out
 
 
+def _put(out: dict[str, Any], key: str, scored: metrics.Scored) -> None:
+  out[key] = scored.value
+  if scored.missing is not None:
+    out[f"{key}_missing"] = scored.missing
+
+
 def _write_json(path: str, obj: Any) -> None:
-  with open(path, "w") as f:
+  """Writes through a temporary file and a rename, so readers never see half a file."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
     json.dump(to_jsonable(obj), f, indent=1)
+  os.replace(tmp, path)
 
 
 class Utterances:

@@ -5,11 +5,14 @@ Spectral metrics take natural-log mel amplitudes, ln(A) as produced by
 mask [..., T] marks the valid frames, so padded frames never count. Averages
 are taken over all valid frames together.
 
-Waveform metrics (STOI, PESQ) wrap pystoi and pesq, trim both signals to the
-shorter length, and return nan where the wrapped measure is undefined for the
-clip instead of raising, so a batch evaluation survives odd clips.
+Waveform metrics (STOI, PESQ) wrap pystoi and pesq and trim both signals to the
+shorter length. `stoi_scored` and `pesq_scored` never raise: a clip the wrapped
+library cannot take (too short, too long, silent, non-finite) is screened out
+before it reaches native code and comes back as a `Scored` with no value and the
+reason; `stoi` and `pesq` return nan instead.
 """
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -24,7 +27,17 @@ _DB_PER_NEPER = 20.0 / math.log(10.0)
 # pystoi needs this many STFT frames (N in pystoi.stoi; 12.8 ms hops at
 # 10 kHz, so about 0.4 s) left after dropping frames 40 dB below the loudest.
 STOI_MIN_FRAMES = 30
+# Shorter clips can never hold STOI_MIN_FRAMES frames (pystoi raises an AxisError below 25.6 ms).
+STOI_MIN_SECONDS = 0.4
 _PESQ_MODES = {8000: "nb", 16000: "wb"}
+# The PESQ library refuses less than a quarter of a second.
+PESQ_MIN_SECONDS = 0.25
+# The PESQ library keeps at most 50 utterances in fixed arrays and writes past them
+# when the reference has more: a corrupted score, then SIGSEGV (3 min of speech with
+# pauses crashes it). An utterance takes >= 0.4 s (speech >= 200 ms, pauses > 200 ms),
+# so clips up to ~20 s stay within bounds; 15 s leaves a margin.
+PESQ_MAX_SECONDS = 15.0
+NONFINITE = "non-finite samples"
 
 _log = logging.getLogger(__name__)
 
@@ -110,6 +123,17 @@ def spectral_convergence(ref_mag: np.ndarray, est_mag: np.ndarray) -> float:
   return float(np.linalg.norm(ref - est) / norm)
 
 
+@dataclasses.dataclass(frozen=True)
+class Scored:
+  """A metric's value, or None and the reason it could not be computed."""
+
+  value: float | None
+  missing: str | None = None
+
+  def or_nan(self) -> float:
+    return math.nan if self.value is None else self.value
+
+
 def _aligned(ref_wave: np.ndarray, est_wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Both mono waveforms as float64, trimmed to the shorter length."""
   ref = np.asarray(ref_wave, np.float64).reshape(-1)
@@ -118,39 +142,107 @@ def _aligned(ref_wave: np.ndarray, est_wave: np.ndarray) -> tuple[np.ndarray, np
   return ref[:n], est[:n]
 
 
-def stoi(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int) -> float:
-  """Short-time objective intelligibility (pystoi, classic STOI), nan if the clip is too short.
+def _screen(ref: np.ndarray, est: np.ndarray, sample_rate: int, min_seconds: float) -> str | None:
+  """Why an aligned pair cannot be scored at all (non-finite, too short, silent), else None."""
+  for name, x in (("reference", ref), ("estimate", est)):
+    if not np.all(np.isfinite(x)):
+      return f"{NONFINITE} in the {name}"
+  if ref.size < min_seconds * sample_rate:
+    return f"clip shorter than {min_seconds:g} s"
+  if not np.any(ref):
+    return "silent reference"
+  return None
+
+
+def stoi_scored(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int) -> Scored:
+  """Short-time objective intelligibility (pystoi, classic STOI), or the reason it is undefined.
 
   pystoi resamples to 10 kHz, drops frames more than 40 dB below the loudest
-  and needs STOI_MIN_FRAMES of what remains (about 0.4 s of speech); for less,
-  where pystoi would return a placeholder 1e-5, this returns nan.
+  and needs STOI_MIN_FRAMES of what remains (about 0.4 s of speech); for less
+  it would return a placeholder 1e-5. Both signals are scaled by 1 / peak(ref)
+  first: STOI ignores a common gain, but pystoi's epsilons do not (it scores a
+  clip at 1e-30 full scale about 1e-39).
   """
   ref, est = _aligned(ref_wave, est_wave)
+  reason = _screen(ref, est, sample_rate, STOI_MIN_SECONDS)
+  if reason is not None:
+    return Scored(None, reason)
+  gain = 1.0 / float(np.max(np.abs(ref)))
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    score = float(pystoi.stoi(ref, est, sample_rate, extended=False))
+    try:
+      score = float(pystoi.stoi(gain * ref, gain * est, sample_rate, extended=False))
+    except Exception as e:  # pylint: disable=broad-except  # a metric must not end the run
+      return Scored(None, f"pystoi failed ({type(e).__name__}: {e})")
   if any("Not enough STFT frames" in str(w.message) for w in caught):
-    _log.debug("STOI undefined: fewer than %d non-silent frames", STOI_MIN_FRAMES)
-    return math.nan
+    return Scored(None, f"fewer than {STOI_MIN_FRAMES} non-silent STOI frames")
   for w in caught:
     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-  return score
+  if not math.isfinite(score):
+    return Scored(None, "pystoi returned NaN")
+  return Scored(score)
+
+
+def pesq_mode(sample_rate: int) -> str | None:
+  """'nb' at 8 kHz, 'wb' at 16 kHz, None at rates PESQ does not support."""
+  return _PESQ_MODES.get(sample_rate)
+
+
+def pesq_scored(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int) -> Scored:
+  """PESQ MOS-LQO (narrow-band at 8 kHz, wide-band at 16 kHz), or the reason it is undefined.
+
+  Clips outside [PESQ_MIN_SECONDS, PESQ_MAX_SECONDS], non-finite or silent
+  signals never reach the library; its own refusals (no utterance, a NaN score)
+  come back as reasons too.
+  """
+  mode = pesq_mode(sample_rate)
+  if mode is None:
+    return Scored(None, f"PESQ needs 8 or 16 kHz audio, not {sample_rate} Hz")
+  ref, est = _aligned(ref_wave, est_wave)
+  reason = _screen(ref, est, sample_rate, PESQ_MIN_SECONDS)
+  if reason is None and ref.size > PESQ_MAX_SECONDS * sample_rate:
+    reason = f"clip longer than {PESQ_MAX_SECONDS:g} s (the PESQ library overflows on long clips)"
+  if reason is None:
+    reason = _pesq_silence(ref, est)
+  if reason is not None:
+    return Scored(None, reason)
+  try:
+    return Scored(float(pesq_lib.pesq(sample_rate, ref, est, mode)))
+  except pesq_lib.NoUtterancesError:
+    return Scored(None, "PESQ detected no utterance")
+  except pesq_lib.PesqError as e:
+    return Scored(None, f"PESQ failed ({type(e).__name__}: {_text(e)})")
+  except ValueError:  # The library's score was NaN: it cannot convert it to an error code.
+    return Scored(None, "PESQ score undefined (the library returned NaN)")
+
+
+def _pesq_silence(ref: np.ndarray, est: np.ndarray) -> str | None:
+  """'silent ...' if a signal is all zeros once scaled to the joint peak in float32, as PESQ does."""
+  peak = max(float(np.max(np.abs(ref))), float(np.max(np.abs(est))))
+  for name, x in (("reference", ref), ("estimate", est)):
+    if not np.any((x / peak).astype(np.float32)):
+      return f"silent {name}" + ("" if not np.any(x) else " relative to the other signal")
+  return None
+
+
+def _text(e: Exception) -> str:
+  msg = e.args[0] if e.args else ""
+  return msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)
+
+
+def stoi(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int) -> float:
+  """STOI as stoi_scored, nan where it is undefined (the clip too short, silent or non-finite)."""
+  scored = stoi_scored(ref_wave, est_wave, sample_rate)
+  if scored.missing is not None:
+    _log.debug("STOI undefined: %s", scored.missing)
+  return scored.or_nan()
 
 
 def pesq(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int) -> float | None:
-  """PESQ MOS-LQO: narrow-band at 8 kHz, wide-band at 16 kHz, None at other rates.
-
-  Returns nan when PESQ finds no utterance, the clip is too short for it, or
-  either signal is all zeros (the PESQ library cannot level-align silence).
-  """
-  mode = _PESQ_MODES.get(sample_rate)
-  if mode is None:
+  """PESQ as pesq_scored: None at rates other than 8 and 16 kHz, nan where it is undefined."""
+  if pesq_mode(sample_rate) is None:
     return None
-  ref, est = _aligned(ref_wave, est_wave)
-  if not (np.any(ref) and np.any(est)):
-    return math.nan
-  try:
-    return float(pesq_lib.pesq(sample_rate, ref, est, mode))
-  except (pesq_lib.NoUtterancesError, pesq_lib.BufferTooShortError) as e:
-    _log.debug("PESQ undefined: %s", e)
-    return math.nan
+  scored = pesq_scored(ref_wave, est_wave, sample_rate)
+  if scored.missing is not None:
+    _log.debug("PESQ undefined: %s", scored.missing)
+  return scored.or_nan()

@@ -16,12 +16,17 @@ def spectrogram_grid(panels: Sequence[tuple[str, np.ndarray]], frames_per_second
   ncols = min(ncols, n)
   nrows = -(-n // ncols)
   fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.6 * nrows), squeeze=False)
-  lo = vmin if vmin is not None else min(float(np.min(p)) for _, p in panels)
-  hi = vmax if vmax is not None else max(float(np.max(p)) for _, p in panels)
+  # The colour scale comes from the wholly finite panels: a diverged model's panel (NaN, inf or
+  # huge values) is drawn clipped to it, with its non-finite bins blank.
+  clean = [np.asarray(p) for _, p in panels if np.all(np.isfinite(p))] or [np.zeros(1)]
+  lo = vmin if vmin is not None else min(float(np.min(p)) for p in clean)
+  hi = vmax if vmax is not None else max(float(np.max(p)) for p in clean)
   for ax, (title, mel) in zip(axes.flat, panels):
     extent = (0, len(mel) / frames_per_second, 0, mel.shape[1])
-    ax.imshow(mel.T, origin="lower", aspect="auto", vmin=lo, vmax=hi, extent=extent, cmap="magma")
-    ax.set_title(title, fontsize=9)
+    ok = np.isfinite(mel)
+    shown = np.ma.masked_array(np.clip(np.where(ok, mel, lo), lo, hi), mask=~ok)
+    ax.imshow(shown.T, origin="lower", aspect="auto", vmin=lo, vmax=hi, extent=extent, cmap="magma")
+    ax.set_title(title if ok.all() else f"{title} (not finite)", fontsize=9)
     ax.set_xlabel("s")
     ax.set_ylabel("mel bin")
   for ax in list(axes.flat)[n:]:

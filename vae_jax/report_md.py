@@ -110,6 +110,10 @@ def _iwae_curve(m: Mapping[str, Any]) -> list[tuple[int, float]]:
 def _iwae_figure(m: Mapping[str, Any]):
   ks, vs = zip(*_iwae_curve(m))
   fig, ax = plt.subplots(figsize=(5, 3))
+  if not np.all(np.isfinite(vs)):  # A diverged model: say so rather than fail to plot.
+    ax.text(0.5, 0.5, "the bound is not finite", ha="center", va="center", transform=ax.transAxes)
+    ax.axis("off")
+    return fig
   ax.plot(ks, vs, "o-", label="−IWAE bound")
   ax.axhline(m["eval/neg_elbo"], color="k", ls="--", lw=1, label="−ELBO (analytic KL)")
   ax.set_xscale("log", base=2)
@@ -247,7 +251,11 @@ def _reconstruction_section(report: Report, figures) -> list[str]:
   rows = [[_system_label(n, m)] + [fmt(m[f"eval/{n}/{k}"]) for k in ("logmel_mse", "logmel_l1", "lsd_db", "mcd_db")]
           for n in names]
   n_mels = report.trained.feature_config.n_mels
-  return ["## Reconstruction", "",
+  bad = [f"{_system_label(n, m)}: {int(m[f'eval/{n}/nonfinite_utterances'])}" for n in names
+         if m.get(f"eval/{n}/nonfinite_utterances")]
+  warning = ([f"**Non-finite reconstructions** (left out of every figure below; a diverged model): "
+              f"{', '.join(bad)} of {int(m['eval/utterances'])} utterances.", ""] if bad else [])
+  return ["## Reconstruction", "", *warning,
           *_table(["system", "log-mel MSE", "log-mel L1", "LSD (dB)", "MCD (dB)"], rows), "",
           "All on unnormalised natural-log mel amplitudes ln A, averaged over every frame of every "
           "test utterance together; the VAE decodes its posterior mean. MSE and L1 are in (nepers)² "
