@@ -232,3 +232,23 @@ def test_eval_sample_mode_names_lengths_and_grid(smoke_workdir, prior_workdir, t
   rows = json.loads((out / "samples.json").read_text())
   assert [r["prior"] for r in rows] == ["learned"] * 3 and all(r["guidance"] == 2.0 for r in rows)
   assert all(abs(r["seconds"] - 0.4) < 0.02 for r in rows) and all("word" in r["condition"] for r in rows)
+
+
+@pytest.mark.slow
+def test_generation_report_of_a_prior_workdir(prior_workdir):
+  from vae_jax.prior import report as prior_report  # pylint: disable=g-import-not-at-top
+
+  # A briefly trained classifier: the test checks the report's wiring, not the scores.
+  m, lines = prior_report.generation_report(load_prior(str(prior_workdir)), num_samples=2, n=8,
+                                            classifier_steps=40)
+  # The learned prior's bound is finite, and IWAE is the tighter of the two.
+  assert np.isfinite(m["eval/prior/neg_elbo"]) and m["eval/prior/neg_iwae"] <= m["eval/prior/neg_elbo"] + 1e-6
+  rows = {k.split("/")[1] for k in m if k.startswith("sample_quality/") and k.count("/") >= 2}
+  assert {"real", "griffin_lim", "white_noise", "time_reversed", "N(0, I) prior",
+          "learned prior, unconditional"} <= rows
+  assert any(r.startswith("learned prior, speaker given") for r in rows)
+  speaker_acc = [v for k, v in m.items() if k.endswith("/accuracy/speaker") and "given" in k]
+  assert speaker_acc and all(0 <= v <= 1 for v in speaker_acc)
+  assert m["sample_quality/real/is/word"] >= 1.0
+  table = "\n".join(lines)
+  assert m["sample_quality/classifier_hash"] in table and "| white_noise |" in table

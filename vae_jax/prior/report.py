@@ -77,14 +77,16 @@ def sample_sets(prior: TrainedPrior, data: Dataset, n: int, seed: int, guidance:
 
 
 def sample_quality(prior: TrainedPrior, data: Dataset, *, n: int | None = None, seed: int = 0,
-                   guidance: float | None = None, temperature: float | None = None
+                   guidance: float | None = None, temperature: float | None = None,
+                   classifier_steps: int = classifier_lib.Hyperparams.steps,
                    ) -> tuple[dict[str, dict[str, float]], classifier_lib.Classifier]:
   """Rows of sample-quality scores: reference sets, N(0, I) samples and learned-prior samples."""
   vae = prior.vae_run
   guidance = prior.config.prior.guidance if guidance is None else guidance
   temperature = prior.config.prior.temperature if temperature is None else temperature
   n = len(data.test) if not n else min(n, len(data.test))
-  clf = classifier_lib.load_or_train(vae.config, log=lambda line: log.info("%s", line))
+  clf = classifier_lib.load_or_train(vae.config, log=lambda line: log.info("%s", line),
+                                     steps=classifier_steps)
   t0 = time.perf_counter()
   refs = sq.reference_sets(data, clf.sample_rate, n, seed, vae.config.eval.griffin_lim_iters)
   idx = sq.reference_indices(data, n, seed)
@@ -109,7 +111,8 @@ def sample_quality(prior: TrainedPrior, data: Dataset, *, n: int | None = None, 
 
 def generation_report(prior: TrainedPrior, *, num_samples: int, n: int | None = None, seed: int = 0,
                       guidance: float | None = None, temperature: float | None = None,
-                      data_path: str | None = None) -> tuple[dict[str, Any], list[str]]:
+                      data_path: str | None = None,
+                      classifier_steps: int = classifier_lib.Hyperparams.steps) -> tuple[dict[str, Any], list[str]]:
   """(metrics, markdown lines) of the learned-prior bound and the sample-quality table."""
   config = prior.vae_run.config
   if data_path:
@@ -117,7 +120,8 @@ def generation_report(prior: TrainedPrior, *, num_samples: int, n: int | None = 
     config.data.path = data_path
   data = load_dataset(config, prior.vae_run.normalizer)
   m = learned_bound(prior, data, num_samples, seed) if num_samples else {}
-  rows, clf = sample_quality(prior, data, n=n, seed=seed, guidance=guidance, temperature=temperature)
+  rows, clf = sample_quality(prior, data, n=n, seed=seed, guidance=guidance, temperature=temperature,
+                             classifier_steps=classifier_steps)
   for row, scores in rows.items():
     m.update({f"sample_quality/{row}/{k}": v for k, v in scores.items()})
   m["sample_quality/classifier_hash"] = clf.hash
