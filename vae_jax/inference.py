@@ -169,7 +169,7 @@ def griffin_lim_batch(log_mels: Sequence[np.ndarray], fc: FeatureConfig, n_iter:
   return out
 
 
-def _config_from_json(d: dict) -> ml_collections.ConfigDict:
+def config_from_json(d: dict) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(d)
   for field in ("strides", "channel_multipliers", "mlp_hidden"):
     if field in config.model:
@@ -177,27 +177,35 @@ def _config_from_json(d: dict) -> ml_collections.ConfigDict:
   return config
 
 
-def load_trained(workdir: str, step: int | None = None) -> Trained:
-  """Restores a workdir's checkpoint (the latest, or `step`); CheckpointError in one line if it cannot."""
-  from vae_jax import train  # pylint: disable=g-import-not-at-top
-
+def open_checkpoints(workdir: str, step: int | None, hint: str) -> tuple[Checkpointer, int]:
+  """A read-only Checkpointer of a workdir and the step to restore (default: the latest); one-line errors."""
   directory = os.path.join(workdir, "checkpoints")
-  hint = f"train first with `python train.py --workdir={workdir}`"
   if not os.path.isdir(directory):
     raise CheckpointError(f"no checkpoints in {workdir}: {hint}")
   # Read-only: the run may still be training and writing here.
   ckpt = Checkpointer(directory, read_only=True)
-  try:
-    steps = ckpt.all_steps()
+  steps = ckpt.all_steps()
+  if not steps or (step is not None and int(step) not in steps):
+    ckpt.close()
     if not steps:
       raise CheckpointError(f"no checkpoints in {ckpt.directory}: {hint}")
-    step = max(steps) if step is None else int(step)
-    if step not in steps:
-      raise CheckpointError(f"no checkpoint for step {step} in {ckpt.directory} "
-                            f"(available: {', '.join(map(str, sorted(steps)))})")
+    raise CheckpointError(f"no checkpoint for step {step} in {ckpt.directory} "
+                          f"(available: {', '.join(map(str, sorted(steps)))})")
+  return ckpt, max(steps) if step is None else int(step)
+
+
+def load_trained(workdir: str, step: int | None = None) -> Trained:
+  """Restores a workdir's checkpoint (the latest, or `step`); CheckpointError in one line if it cannot."""
+  from vae_jax import train  # pylint: disable=g-import-not-at-top
+
+  ckpt, step = open_checkpoints(workdir, step, f"train first with `python train.py --workdir={workdir}`")
+  try:
     meta = ckpt.restore_meta(step)
+    if meta.get("config", {}).get("kind") == "prior":
+      raise CheckpointError(f"{workdir} holds a learned prior, not a VAE: load it with "
+                            "vae_jax.prior.load_prior (eval.py does so by itself)")
     try:
-      config = _config_from_json(meta["config"])
+      config = config_from_json(meta["config"])
       model = build_model(config)
     except (KeyError, TypeError, ValueError) as e:
       raise CheckpointError(f"checkpoint {ckpt.step_dir(step)} has no usable config in its meta "

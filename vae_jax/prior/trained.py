@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax.checkpoints import Checkpointer
 from vae_jax.errors import CheckpointError, UserError
-from vae_jax.inference import Trained, load_trained
+from vae_jax.inference import Trained, config_from_json, load_trained, open_checkpoints
 from vae_jax.prior import sampling, training
 from vae_jax.prior.model import LatentPrior
 
@@ -167,24 +166,13 @@ def is_prior_workdir(workdir: str) -> bool:
 
 def load_prior(workdir: str, step: int | None = None) -> TrainedPrior:
   """Restores a prior workdir and its VAE run; CheckpointError in one line if either is unusable."""
-  from vae_jax.inference import _config_from_json  # pylint: disable=g-import-not-at-top
-
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"no checkpoints in {workdir}: train the prior first with "
-                          f"`python train.py --config=configs/fsdd_prior.py --workdir={workdir}`")
-  ckpt = Checkpointer(directory, read_only=True)
+  hint = (f"train the prior first with `python train.py --config=configs/fsdd_prior.py "
+          f"--workdir={workdir}`")
+  ckpt, step = open_checkpoints(workdir, step, hint)
   try:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise CheckpointError(f"no checkpoints in {ckpt.directory}")
-    step = max(steps) if step is None else int(step)
-    if step not in steps:
-      raise CheckpointError(f"no checkpoint for step {step} in {ckpt.directory} "
-                            f"(available: {', '.join(map(str, sorted(steps)))})")
     meta = ckpt.restore_meta(step)
     try:
-      config = _config_from_json(meta["config"])
+      config = config_from_json(meta["config"])
       config.prior.conditions = tuple(config.prior.conditions)
       vae_meta, label_names = meta["vae"], {k: tuple(v) for k, v in meta["label_names"].items()}
       lengths = meta["lengths"]
