@@ -34,6 +34,18 @@ def fsdd_path() -> pathlib.Path | None:
   return None
 
 
+def smoke_config(cache: pathlib.Path, overrides: dict):
+  """configs/smoke.py with its feature cache in `cache` and dotted `section.field` overrides."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+
+  c = smoke.get_config()
+  c.data.cache_dir = str(cache)
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c
+
+
 @pytest.fixture(scope="session")
 def fsdd_dir() -> pathlib.Path:
   path = fsdd_path()

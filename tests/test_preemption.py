@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
+from tests.conftest import smoke_config
 from vae_jax import train
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.data import store
@@ -41,12 +42,7 @@ class Shared:
 
 
 def _config(cache: pathlib.Path):
-  c = smoke.get_config()
-  c.data.cache_dir = str(cache)
-  for key, value in OVERRIDES.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
+  return smoke_config(cache, OVERRIDES)
 
 
 def _final_params(workdir: pathlib.Path) -> tuple[int, list[np.ndarray]]:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
+from tests.conftest import smoke_config
 from vae_jax import checkpoints, inference, train, workdir
 from vae_jax.checkpoints import Checkpointer, CheckpointSaveError
 from vae_jax.data import store
@@ -36,12 +37,7 @@ RUN_TIMEOUT_S = 240
 
 
 def _config(cache: pathlib.Path):
-  c = smoke.get_config()
-  c.data.cache_dir = str(cache)
-  for key, value in OVERRIDES.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
+  return smoke_config(cache, OVERRIDES)
 
 
 @pytest.fixture(scope="module")
