@@ -393,16 +393,23 @@ class _OrbaxErrorFilter(logging.Filter):
   """Drops Orbax's error logs: each failed save logged four tracebacks; Checkpointer reports it in one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno == logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+    if record.levelno < logging.ERROR:
+      return True
+    if f"{os.sep}orbax{os.sep}" in record.pathname:
+      return False
+    # asyncio logs the other writes of a failed save ('Task exception was never retrieved')
+    # whenever their tasks are collected, which can be after the run has reported the failure.
+    return not (record.name == "asyncio" and f"{os.sep}orbax{os.sep}" in record.getMessage())
 
 
 _ORBAX_ERROR_FILTER = _OrbaxErrorFilter()
 
 
 def _silence_orbax_errors() -> None:
-  logger = logging.getLogger("absl")
-  if _ORBAX_ERROR_FILTER not in logger.filters:
-    logger.addFilter(_ORBAX_ERROR_FILTER)
+  for name in ("absl", "asyncio"):
+    logger = logging.getLogger(name)
+    if _ORBAX_ERROR_FILTER not in logger.filters:
+      logger.addFilter(_ORBAX_ERROR_FILTER)
 
 
 def _hashed_files(step_dir: str) -> dict[str, str]:
