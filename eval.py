@@ -70,7 +70,7 @@ _TRAVERSE_STEPS = flags.DEFINE_integer("traverse_steps", 7, "Shifts per channel.
 def main(argv: list[str]) -> None:
   import sys  # pylint: disable=g-import-not-at-top
 
-  from vae_jax import eval_cli  # pylint: disable=g-import-not-at-top
+  from vae_jax.eval import cli as eval_cli  # pylint: disable=g-import-not-at-top
   from vae_jax.errors import UserError  # pylint: disable=g-import-not-at-top
 
   extra = list(argv[1:])

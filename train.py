@@ -30,6 +30,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 def main(argv: list[str]) -> None:
   del argv
   from vae_jax import distributed, train  # pylint: disable=g-import-not-at-top
+  from vae_jax.eval import render  # pylint: disable=g-import-not-at-top
   from vae_jax.workdir import disk_full_error  # pylint: disable=g-import-not-at-top
 
   if _EARLY_SIGNALS:
@@ -40,7 +41,7 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or default_workdir()
   result = train.train_and_evaluate(_CONFIG.value, workdir)
   try:
-    train.print_summary(workdir, result)
+    render.print_training_summary(workdir, result)
   except OSError as e:  # The report is written after the run: a full disk can still meet it.
     raise disk_full_error(e, workdir) or e from None
 

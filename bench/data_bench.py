@@ -11,11 +11,12 @@ import numpy as np
 from bench import timing
 from bench.common import Context
 from bench.train_bench import with_overrides
-from vae_jax import audio, jax_audio, train
+from vae_jax.audio import io as audio_io, spectral
+from vae_jax import train
 from vae_jax.data.corpora import build_corpus
 from vae_jax.data.loader import TrainLoader
 from vae_jax.data.store import load_dataset
-from vae_jax.features import FeatureConfig
+from vae_jax.audio.features import FeatureConfig
 from vae_jax.models import build_model
 from vae_jax.parallel import DataParallel
 
@@ -59,12 +60,12 @@ def jax_front_end(ctx: Context, batch: int = 32, seconds: float = 1.0) -> dict[s
   n = int(seconds * fc.sample_rate)
   waves = np.zeros((len(data_paths), n), np.float32)
   for i, p in enumerate(data_paths):
-    w = audio.read_audio(p, fc.sample_rate)[:n]
+    w = audio_io.read_audio(p, fc.sample_rate)[:n]
     waves[i, :len(w)] = w
   waves = jax.device_put(waves)
-  fn = lambda: jax_audio.log_mel(waves, fc).block_until_ready()
+  fn = lambda: spectral.log_mel(waves, fc).block_until_ready()
   t = timing.interleaved({"log_mel": fn}, ctx.reps, ctx.warmup)["log_mel"]
-  frames = len(data_paths) * jax_audio.num_frames(n, fc)
+  frames = len(data_paths) * spectral.num_frames(n, fc)
   return {"batch": len(data_paths), "clip_s": seconds, "frames_per_s": frames / t["median_s"],
           "x_real_time": len(data_paths) * seconds / t["median_s"], "timing": t}
 

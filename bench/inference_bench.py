@@ -8,8 +8,8 @@ import numpy as np
 
 from bench import timing
 from bench.common import Context
-from vae_jax import audio, jax_audio
-from vae_jax.features import FeatureConfig
+from vae_jax.audio import io as audio_io, spectral
+from vae_jax.audio.features import FeatureConfig
 from vae_jax.models import build_model
 from vae_jax.models.vae import VAE
 
@@ -22,7 +22,7 @@ def long_clip(ctx: Context, seconds: float) -> np.ndarray:
   paths = ctx.dataset().test.paths
   while total < n:
     for p in paths:
-      w = audio.read_audio(p, fc.sample_rate)
+      w = audio_io.read_audio(p, fc.sample_rate)
       parts.append(w)
       total += len(w)
       if total >= n:
@@ -37,12 +37,12 @@ def make_pipelines(ctx: Context, n_samples: int, gl_iters: int) -> dict[str, Cal
   model = build_model(c)
   norm = ctx.dataset().normalizer
   mean_f, std_f = jnp.asarray(norm.mean), jnp.asarray(norm.std)
-  n_frames = jax_audio.num_frames(n_samples, fc)
+  n_frames = spectral.num_frames(n_samples, fc)
   # Padded as evaluation pads, so the time strides divide the length.
   t_pad = -(-n_frames // c.eval.length_multiple) * c.eval.length_multiple
 
   def features(wave_BxN):
-    log_mel = jax_audio.log_mel(wave_BxN, fc)
+    log_mel = spectral.log_mel(wave_BxN, fc)
     mel = (log_mel - mean_f) / std_f
     mel = jnp.pad(mel, ((0, 0), (0, t_pad - n_frames), (0, 0)))
     mask = jnp.broadcast_to((jnp.arange(t_pad) < n_frames).astype(jnp.float32), mel.shape[:2])
@@ -54,7 +54,7 @@ def make_pipelines(ctx: Context, n_samples: int, gl_iters: int) -> dict[str, Cal
 
   def to_wave(recon_BxTxF):
     log_mel = recon_BxTxF[:, :n_frames] * std_f + mean_f
-    return jax_audio.griffin_lim(log_mel, fc, n_iter=gl_iters, length=n_samples)
+    return spectral.griffin_lim(log_mel, fc, n_iter=gl_iters, length=n_samples)
 
   return {
       "features": jax.jit(features),

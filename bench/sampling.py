@@ -36,7 +36,7 @@ def main() -> None:
   ap.add_argument("--reps", type=int, default=3)
   args = ap.parse_args()
 
-  from vae_jax import generate  # pylint: disable=g-import-not-at-top
+  from vae_jax.eval import generate  # pylint: disable=g-import-not-at-top
   from vae_jax.prior import load_prior  # pylint: disable=g-import-not-at-top
 
   prior = load_prior(args.workdir)

@@ -54,7 +54,7 @@ def write_corpus(root: str, size_mb: float, frames: tuple[int, int], files_per_s
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vae_jax.data import store  # pylint: disable=g-import-not-at-top
   from vae_jax.data.corpora import build_corpus  # pylint: disable=g-import-not-at-top
-  from vae_jax.features import FeatureConfig  # pylint: disable=g-import-not-at-top
+  from vae_jax.audio.features import FeatureConfig  # pylint: disable=g-import-not-at-top
 
   audio_dir, cache_dir = os.path.join(root, "audio"), os.path.join(root, "cache")
   os.makedirs(audio_dir)
@@ -129,8 +129,7 @@ def child(args) -> None:
 
 def _imports_only() -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vae_jax.data import loader  # pylint: disable=g-import-not-at-top,unused-import
-  from vae_jax.features import FeatureConfig  # pylint: disable=g-import-not-at-top
+  from vae_jax.audio.features import FeatureConfig  # pylint: disable=g-import-not-at-top
 
   # Validating the feature config loads scipy.signal, which every real run does too.
   FeatureConfig.from_config(_config("", "", "streaming").features)
@@ -142,7 +141,7 @@ def _train_batches(args) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vae_jax.data import store  # pylint: disable=g-import-not-at-top
   from vae_jax.data.loader import TrainLoader  # pylint: disable=g-import-not-at-top
-  from vae_jax.features import Normalizer  # pylint: disable=g-import-not-at-top
+  from vae_jax.audio.features import Normalizer  # pylint: disable=g-import-not-at-top
 
   t0 = time.perf_counter()
   store.FILES_PER_SHARD = args.files_per_shard

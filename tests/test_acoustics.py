@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vae_jax import acoustics
+from vae_jax.audio import acoustics
 from vae_jax.data import synthetic
 
 

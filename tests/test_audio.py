@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vae_jax import audio
+from vae_jax.audio import io as audio_io
 
 SR = 8000
 
@@ -31,7 +31,7 @@ def test_reads_pcm16_wav_exactly(tmp_path):
   wave = tone(440, 0.25, SR)
   sf.write(tmp_path / "a.wav", wave, SR, subtype="PCM_16")
   expected, _ = sf.read(tmp_path / "a.wav", dtype="float32")
-  got = audio.read_audio(str(tmp_path / "a.wav"), SR)
+  got = audio_io.read_audio(str(tmp_path / "a.wav"), SR)
   assert got.dtype == np.float32 and got.ndim == 1
   np.testing.assert_array_equal(got, expected)
 
@@ -40,7 +40,7 @@ def test_stereo_flac_is_downmixed_and_resampled(tmp_path):
   rate, n = 44100, 44100 // 2
   left, right = tone(440, 0.5, rate, 0.6), tone(440, 0.5, rate, 0.2)
   sf.write(tmp_path / "s.flac", np.stack([left, right], axis=1), rate)
-  got = audio.read_audio(str(tmp_path / "s.flac"), SR)
+  got = audio_io.read_audio(str(tmp_path / "s.flac"), SR)
   assert got.dtype == np.float32 and got.ndim == 1
   assert abs(len(got) - n * SR / rate) <= 1
   assert peak_hz(got, SR) == pytest.approx(440, abs=4)
@@ -52,7 +52,7 @@ def test_stereo_flac_is_downmixed_and_resampled(tmp_path):
 def test_ogg_at_another_rate_is_resampled(tmp_path):
   rate = 22050
   sf.write(tmp_path / "v.ogg", tone(1000, 0.5, rate), rate)
-  got = audio.read_audio(str(tmp_path / "v.ogg"), SR)
+  got = audio_io.read_audio(str(tmp_path / "v.ogg"), SR)
   assert abs(len(got) - 0.5 * SR) <= 1
   assert peak_hz(got, SR) == pytest.approx(1000, abs=8)
 
@@ -87,8 +87,8 @@ def _bad_files(tmp_path: pathlib.Path) -> dict[str, tuple[pathlib.Path, str]]:
 
 def test_bad_files_raise_bad_audio_with_reason(tmp_path):
   for case, (path, reason) in _bad_files(tmp_path).items():
-    with pytest.raises(audio.BadAudio) as e:
-      audio.read_audio(str(path), SR, min_samples=256)
+    with pytest.raises(audio_io.BadAudio) as e:
+      audio_io.read_audio(str(path), SR, min_samples=256)
     assert reason in str(e.value), case
     assert "\n" not in str(e.value), case
     # The path is already in the warning that quotes the reason.
@@ -98,25 +98,25 @@ def test_bad_files_raise_bad_audio_with_reason(tmp_path):
 def test_short_clip_is_judged_after_resampling(tmp_path):
   # 300 samples at 16 kHz are 150 at 8 kHz: fewer than one 256-sample window.
   sf.write(tmp_path / "a.wav", tone(300, 300 / 16000, 16000), 16000)
-  with pytest.raises(audio.BadAudio, match="too short"):
-    audio.read_audio(str(tmp_path / "a.wav"), SR, min_samples=256)
-  assert len(audio.read_audio(str(tmp_path / "a.wav"), SR, min_samples=100)) == 150
+  with pytest.raises(audio_io.BadAudio, match="too short"):
+    audio_io.read_audio(str(tmp_path / "a.wav"), SR, min_samples=256)
+  assert len(audio_io.read_audio(str(tmp_path / "a.wav"), SR, min_samples=100)) == 150
 
 
 def test_check_and_resample_refuses_multichannel_arrays():
-  with pytest.raises(audio.BadAudio, match="mono"):
-    audio.check_and_resample(np.ones((10, 2), np.float32), SR, SR)
+  with pytest.raises(audio_io.BadAudio, match="mono"):
+    audio_io.check_and_resample(np.ones((10, 2), np.float32), SR, SR)
 
 
 def test_write_audio_clips_and_round_trips(tmp_path):
   wave = np.array([0.0, 0.5, -0.25, 3.0, -3.0], np.float32)
   path = tmp_path / "sub" / "w.wav"
-  audio.write_audio(str(path), wave, SR)
+  audio_io.write_audio(str(path), wave, SR)
   back, rate = sf.read(path, dtype="float32")
   assert rate == SR and sf.info(path).subtype == "PCM_16"
   np.testing.assert_allclose(back, [0.0, 0.5, -0.25, 1.0, -1.0], atol=1 / 32768)
 
 
 def test_is_audio_path():
-  assert all(audio.is_audio_path(p) for p in ("a/B.WAV", "x.flac", "y.ogg"))
-  assert not audio.is_audio_path("notes.txt") and not audio.is_audio_path("wav")
+  assert all(audio_io.is_audio_path(p) for p in ("a/B.WAV", "x.flac", "y.ogg"))
+  assert not audio_io.is_audio_path("notes.txt") and not audio_io.is_audio_path("wav")

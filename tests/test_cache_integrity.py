@@ -11,12 +11,13 @@ import time
 import numpy as np
 import pytest
 
+from vae_jax import fileio
 from vae_jax.config import load_config
 from vae_jax.data import store, stream
 from vae_jax.data.corpora import build_corpus
 from vae_jax.data.store import extract_features, load_dataset
 from vae_jax.errors import DataError
-from vae_jax.features import FeatureConfig
+from vae_jax.audio.features import FeatureConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(REPO_ROOT / "configs" / "smoke.py")
@@ -198,7 +199,7 @@ def test_stale_temporaries_are_removed_and_a_live_writers_kept(cache):
   config = smoke_config(cache)
   clean = load_dataset(config)
   d = feature_dir(cache)
-  stale = d / "tmpkilled.tmp"  # What _atomic_write leaves behind when killed.
+  stale = d / "tmpkilled.tmp"  # What fileio.atomic_write leaves behind when killed.
   stale.write_bytes(b"half a shard")
   old = time.time() - 2 * store.STALE_TMP_S
   os.utime(stale, (old, old))
@@ -211,7 +212,7 @@ def test_stale_temporaries_are_removed_and_a_live_writers_kept(cache):
     assert release.wait(30)
     f.write(b"second half")
 
-  writer = threading.Thread(target=store._atomic_write, args=(str(d / "moments-live.npz"), slow_write))
+  writer = threading.Thread(target=fileio.atomic_write, args=(str(d / "moments-live.npz"), slow_write))
   writer.start()
   try:
     assert started.wait(30)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vae_jax import audio
+from vae_jax.audio import io as audio_io
 from vae_jax.config import load_config
 from vae_jax.data import corpora, store
 from vae_jax.data.corpora import build_corpus, hash_split
 from vae_jax.data.store import load_dataset
 from vae_jax.errors import ConfigError, DataError, UserError
-from vae_jax.features import FeatureConfig, Normalizer, log_mel
+from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel
 
 SMOKE = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smoke.py")
 SR = 8000
@@ -456,7 +456,7 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path, caplog):
   # Downmixed and resampled files have the frames of their 8 kHz mono version.
   fc = FeatureConfig.from_config(config.features)
   for name in ("stereo44k.flac", "voice.ogg"):
-    wave = audio.read_audio(str(data_dir / name), SR, min_samples=fc.win_length)
+    wave = audio_io.read_audio(str(data_dir / name), SR, min_samples=fc.win_length)
     np.testing.assert_array_equal(utterance(data, os.path.splitext(name)[0]), log_mel(wave, fc))
 
 

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from vae_jax import evaluate, eval_cli, report, report_md
+from vae_jax.eval import bounds, cli as eval_cli, report, render
 from vae_jax.data.store import Split, load_dataset
 from vae_jax.errors import CheckpointError
-from vae_jax.evaluate import utterance_keys
+from vae_jax.rng import utterance_keys
 from vae_jax.inference import Trained, load_trained
 
 
@@ -82,10 +82,10 @@ def _bound_split(data, n_train: int = 10) -> Split:
 
 def test_iwae_bounds_the_elbo_and_tightens_with_k(trained, data):
   split = _bound_split(data)
-  p = evaluate.run_split(trained, split, jax.random.key(0), num_samples=64, decode=False)
-  m = evaluate.bound_metrics(p, trained.normalizer)
+  p = bounds.run_split(trained, split, jax.random.key(0), num_samples=64, decode=False)
+  m = bounds.bound_metrics(p, trained.normalizer)
   # Per utterance, log-mean-exp of the weights is at least their mean (Jensen), always.
-  iwae_n = evaluate.log_mean_exp(p.log_weights_NxK, axis=1)
+  iwae_n = bounds.log_mean_exp(p.log_weights_NxK, axis=1)
   assert np.all(iwae_n >= p.log_weights_NxK.mean(1) - 1e-9)
   # Against the analytic-KL ELBO it holds on average.
   assert m["eval/neg_iwae"] <= m["eval/neg_elbo"]
@@ -103,15 +103,15 @@ def test_iwae_with_one_sample_is_the_model_elbo_estimate(trained, data):
   mel = np.asarray(data.test.utterance(0))[:t]
   split = Split(["u"], ["u"], {}, mel, np.array([0, t]))
   key = jax.random.key(5)
-  p = evaluate.run_split(trained, split, key, num_samples=1, batch_size=1)
-  m = evaluate.bound_metrics(p, trained.normalizer)
+  p = bounds.run_split(trained, split, key, num_samples=1, batch_size=1)
+  m = bounds.bound_metrics(p, trained.normalizer)
   assert m["eval/neg_iwae"] == pytest.approx(m["eval/neg_elbo_mc"])
   keys = jax.vmap(jax.random.fold_in, (0, None))(utterance_keys(key, np.array([0])), 0)
   norm = trained.normalizer.normalize(mel)[None]
   terms = trained.model.apply({"params": trained.params}, norm, np.ones((1, t), np.float32), keys)
   np.testing.assert_allclose(p.nll_N[0], float(terms["nll"][0]), rtol=1e-5)
   # log q - log p averages to the analytic KL.
-  many = evaluate.run_split(trained, split, key, num_samples=128, batch_size=1)
+  many = bounds.run_split(trained, split, key, num_samples=128, batch_size=1)
   # Per sample: -log w - nll = log q - log p; the utterance's nll is the sample mean.
   mc_kl = -many.log_weights_NxK[0] - many.nll_N[0]
   assert abs(mc_kl.mean() - many.kl_NxC[0].sum()) < 4 * mc_kl.std() / np.sqrt(128) + 1e-3
@@ -120,7 +120,7 @@ def test_iwae_with_one_sample_is_the_model_elbo_estimate(trained, data):
 def test_report_for_the_smoke_workdir(smoke_workdir, tmp_path):
   # The workdir stands in for its own deterministic baseline: same features, every code path.
   r = report.evaluate_workdir(str(smoke_workdir), num_samples=4, baseline_workdir=str(smoke_workdir))
-  paths = report_md.write_report(r, str(tmp_path))
+  paths = render.write_report(r, str(tmp_path))
   with open(paths["metrics"]) as f:
     m = json.load(f)
   for key in ("eval/neg_elbo", "eval/nll", "eval/kl", "eval/neg_elbo_per_bin", "eval/neg_iwae",
@@ -141,7 +141,7 @@ def test_report_for_the_smoke_workdir(smoke_workdir, tmp_path):
   assert "Gap to the oracle" in text and "oracle" in text
   for name in ("reconstructions.png", "latents.png", "iwae.png", "probes.png", "stoi.png"):
     assert (tmp_path / name).stat().st_size > 0, name
-  table = report_md.summary_table(r.metrics)
+  table = render.summary_table(r.metrics)
   assert "-ELBO" in table and "STOI" in table
 
 
@@ -162,7 +162,7 @@ def test_generation_modes_write_their_files(smoke_workdir, data, tmp_path, capsy
 
 
 def test_interpolation_ends_at_the_shorter_utterances_reconstruction(trained, data):
-  from vae_jax import generate  # pylint: disable=g-import-not-at-top
+  from vae_jax.eval import generate  # pylint: disable=g-import-not-at-top
 
   short, long = sorted((np.asarray(data.test.utterance(i)) for i in range(2)), key=len)
   for method in ("lerp", "slerp"):
@@ -173,7 +173,8 @@ def test_interpolation_ends_at_the_shorter_utterances_reconstruction(trained, da
 
 
 def test_interpolation_endpoints_decode_to_the_reconstructions(trained, data, tmp_path):
-  from vae_jax import generate, latents  # pylint: disable=g-import-not-at-top
+  from vae_jax.eval import generate  # pylint: disable=g-import-not-at-top
+  from vae_jax import latents  # pylint: disable=g-import-not-at-top
 
   mel = np.asarray(data.test.utterance(0))
   other = np.asarray(data.test.utterance(1))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vae_jax import audio
+from vae_jax.audio import io as audio_io
 from vae_jax.data.store import load_dataset
 from vae_jax.inference import load_trained
 
@@ -35,7 +35,7 @@ def test_audio_files_are_reconstructed_and_a_bad_one_is_reported(smoke_workdir, 
   trained = load_trained(str(smoke_workdir))
   test = load_dataset(trained.config, trained.normalizer).test
   sr = trained.feature_config.sample_rate
-  waves = [audio.read_audio(p, sr) for p in test.paths[:3]]
+  waves = [audio_io.read_audio(p, sr) for p in test.paths[:3]]
   short = tmp_path / "short.wav"
   sf.write(short, waves[0], sr)
   # Longer than any training crop, at another rate and in another format: read whole, resampled.

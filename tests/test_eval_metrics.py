@@ -6,22 +6,22 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from vae_jax import evaluate, metrics
-from vae_jax.baselines import PCA, matched_components
-from vae_jax.features import FeatureConfig, Normalizer
+from vae_jax.eval import bounds, scoring, metrics
+from vae_jax.eval.baselines import PCA, matched_components
+from vae_jax.audio.features import FeatureConfig, Normalizer
 from vae_jax.inference import griffin_lim_batch
 
 
 def test_log_mean_exp():
   x = np.log(np.array([[1.0, 2.0, 3.0], [1e-300, 1e-300, 1e-300]]))
-  np.testing.assert_allclose(evaluate.log_mean_exp(x, axis=1), [math.log(2.0), math.log(1e-300)])
+  np.testing.assert_allclose(bounds.log_mean_exp(x, axis=1), [math.log(2.0), math.log(1e-300)])
   big = np.array([1000.0, 1000.0])
-  assert evaluate.log_mean_exp(big) == pytest.approx(1000.0)
+  assert bounds.log_mean_exp(big) == pytest.approx(1000.0)
 
 
 def test_iwae_curve_averages_disjoint_groups():
   w = np.log(np.array([[1.0, 3.0, 2.0, 6.0]]))
-  curve = evaluate.iwae_curve(w)
+  curve = bounds.iwae_curve(w)
   assert set(curve) == {1, 2, 4}
   assert curve[1] == pytest.approx(np.mean(w))
   assert curve[2] == pytest.approx((math.log(2.0) + math.log(4.0)) / 2)
@@ -32,7 +32,7 @@ def test_iwae_curve_averages_disjoint_groups():
 
 def _pass(log_w, nll, kl, frames):
   n, kl = len(frames), np.asarray(kl, np.float64)
-  return evaluate.SplitPass(mean=[np.zeros((1, kl.shape[1]))] * n, logvar=[np.zeros((1, kl.shape[1]))] * n,
+  return bounds.SplitPass(mean=[np.zeros((1, kl.shape[1]))] * n, logvar=[np.zeros((1, kl.shape[1]))] * n,
                             recon=None, log_weights_NxK=np.asarray(log_w, np.float64),
                             nll_N=np.asarray(nll, np.float64), kl_NxC=np.asarray(kl, np.float64),
                             frames_N=np.asarray(frames, np.float64), latent_frames_N=np.ones(n))
@@ -42,7 +42,7 @@ def test_bound_metrics_per_frame_per_bin_and_unnormalised():
   p = _pass(log_w=[[-10.0, -12.0], [-30.0, -30.0]], nll=[8.0, 25.0], kl=[[1.0, 1.0], [2.0, 1.0]],
             frames=[2, 3])
   norm = Normalizer(np.zeros(4, np.float32), np.array([1.0, 2.0, 0.5, math.e], np.float32))
-  m = evaluate.bound_metrics(p, norm)
+  m = bounds.bound_metrics(p, norm)
   assert m["eval/nll"] == pytest.approx(33.0 / 5)
   assert m["eval/kl"] == pytest.approx(5.0 / 5)
   assert m["eval/neg_elbo"] == pytest.approx(38.0 / 5)
@@ -62,11 +62,11 @@ def test_active_units_on_a_constructed_case():
                     np.full(5000, 3.0),            # constant (even if far from 0): inactive
                     rng.normal(0, 0.05, 5000),     # variance 0.0025: inactive
                     rng.normal(0, 0.2, 5000)], 1)  # variance 0.04: active
-  assert evaluate.active_units(means) == 2
-  assert evaluate.active_units(means, threshold=0.001) == 3
+  assert bounds.active_units(means) == 2
+  assert bounds.active_units(means, threshold=0.001) == 3
   p = _pass([[0.0]], [0.0], np.ones((2, 4)), [1, 1])
   p.mean = [means[:2500], means[2500:]]
-  lm = evaluate.latent_metrics(p)
+  lm = bounds.latent_metrics(p)
   assert lm["eval/active_units"] == 2
   np.testing.assert_allclose(lm["eval/posterior_mean_variance"], means.var(0))
   np.testing.assert_allclose(lm["eval/kl_per_channel"], [1.0, 1.0, 1.0, 1.0])
@@ -118,14 +118,14 @@ def test_reconstruction_metrics_pool_all_frames():
   rng = np.random.default_rng(0)
   refs = [rng.normal(size=(5, 30)), rng.normal(size=(9, 30))]
   ests = [r + 0.1 * rng.normal(size=r.shape) for r in refs]
-  m = evaluate.reconstruction_metrics(refs, ests, "eval/x")
+  m = scoring.reconstruction_metrics(refs, ests, "eval/x")
   ref, est = np.concatenate(refs), np.concatenate(ests)
   assert m["eval/x/logmel_mse"] == pytest.approx(metrics.logmel_mse(ref, est))
   assert m["eval/x/logmel_l1"] == pytest.approx(metrics.logmel_l1(ref, est))
   assert m["eval/x/lsd_db"] == pytest.approx(metrics.log_spectral_distance_db(ref, est))
   assert m["eval/x/mcd_db"] == pytest.approx(metrics.mel_cepstral_distortion_db(ref, est))
   # Fewer than 25 bins: MCD uses every cepstrum but c_0.
-  small = evaluate.reconstruction_metrics([r[:, :10] for r in refs], [e[:, :10] for e in ests], "p")
+  small = scoring.reconstruction_metrics([r[:, :10] for r in refs], [e[:, :10] for e in ests], "p")
   assert small["p/mcd_db"] == pytest.approx(
       metrics.mel_cepstral_distortion_db(ref[:, :10], est[:, :10], n_coeffs=9))
 
@@ -142,29 +142,29 @@ def test_score_audio_counts_undefined_clips_and_scores_the_concatenation():
   refs = [_speechlike(0.25, i) for i in range(4)] + [_speechlike(1.5, 9)]
   rng = np.random.default_rng(5)
   ests = [r + 0.05 * rng.normal(size=r.size) for r in refs]
-  scores = evaluate.score_audio(refs, ests, sr, groups=["a", "a", "b", "b", "b"])
+  scores = scoring.score_audio(refs, ests, sr, groups=["a", "a", "b", "b", "b"])
   assert np.isnan(scores.stoi_N[:4]).all()  # 0.25 s clips: too short for pystoi.
   assert np.isfinite(scores.stoi_N[4])
   assert 0 < scores.stoi_concat <= 1
   assert set(scores.stoi_per_group) == {"a", "b"}
   assert scores.pesq_N is not None and len(scores.pesq_N) == 5
-  m = evaluate.audio_metrics(scores, "eval/vae")
+  m = scoring.audio_metrics(scores, "eval/vae")
   assert m["eval/vae/stoi_clips_scored"] == 1 and m["eval/vae/clips"] == 5
   assert m["eval/vae/stoi_clip_mean"] == pytest.approx(scores.stoi_N[4])
   assert math.isfinite(m["eval/vae/stoi_group_mean"])
   # A perfect estimate scores (almost) 1 on the concatenation even though no short clip scores alone.
-  assert evaluate.score_audio(refs[:4], refs[:4], sr).stoi_concat > 0.99
+  assert scoring.score_audio(refs[:4], refs[:4], sr).stoi_concat > 0.99
   # Quiet clips are scaled up before concatenation, so they still count.
-  quiet = evaluate.score_audio([refs[4], 1e-3 * refs[4]], [ests[4], 1e-3 * ests[4]], sr)
-  same = evaluate.score_audio([refs[4], refs[4]], [ests[4], ests[4]], sr)
+  quiet = scoring.score_audio([refs[4], 1e-3 * refs[4]], [ests[4], 1e-3 * ests[4]], sr)
+  same = scoring.score_audio([refs[4], refs[4]], [ests[4], ests[4]], sr)
   assert quiet.stoi_concat == pytest.approx(same.stoi_concat, abs=1e-6)
 
 
 def test_score_audio_without_pesq_at_other_rates():
   refs = [_speechlike(1.0, 0, sr=11025)]
-  scores = evaluate.score_audio(refs, refs, 11025)
+  scores = scoring.score_audio(refs, refs, 11025)
   assert scores.pesq_N is None
-  assert "eval/x/pesq_clip_mean" not in evaluate.audio_metrics(scores, "eval/x")
+  assert "eval/x/pesq_clip_mean" not in scoring.audio_metrics(scores, "eval/x")
 
 
 def test_griffin_lim_batch_returns_each_requested_length_in_input_order():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vae_jax import evaluate, generate, metrics
+from vae_jax.eval import scoring, generate, metrics
 from vae_jax.inference import Trained, load_trained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,21 +126,21 @@ def test_score_audio_counts_nan_reconstructions_instead_of_raising(caplog):
   ests = [r + 0.05 * rng.standard_normal(r.size) for r in refs]
   ests[1] = np.full_like(refs[1], np.nan)
   ests[2][100:] = np.inf
-  scores = evaluate.score_audio(refs, ests, SR, groups=["a", "a", "b"])
+  scores = scoring.score_audio(refs, ests, SR, groups=["a", "a", "b"])
   assert np.isfinite(scores.stoi_N[0]) and np.isnan(scores.stoi_N[1:]).all()
   assert np.isfinite(scores.pesq_N[0]) and np.isnan(scores.pesq_N[1:]).all()
   assert scores.stoi_missing == [None] + ["non-finite samples in the estimate"] * 2
   assert scores.pesq_missing == scores.stoi_missing
   assert scores.nonfinite_N.tolist() == [False, True, True]
   # The concatenations leave the non-finite clips out.
-  assert scores.stoi_concat == pytest.approx(evaluate.score_audio(refs[:1], ests[:1], SR).stoi_concat)
+  assert scores.stoi_concat == pytest.approx(scoring.score_audio(refs[:1], ests[:1], SR).stoi_concat)
   assert math.isnan(scores.stoi_per_group["b"])
-  m = evaluate.audio_metrics(scores, "eval/vae")
+  m = scoring.audio_metrics(scores, "eval/vae")
   assert m["eval/vae/nonfinite_clips"] == 2 and m["eval/vae/clips"] == 3
   assert m["eval/vae/stoi_clips_scored"] == 1 and m["eval/vae/pesq_clips_scored"] == 1
   assert math.isfinite(m["eval/vae/stoi_concat"]) and math.isfinite(m["eval/vae/pesq_clip_mean"])
   assert any("2 of 3 clips have non-finite samples" in r.getMessage() for r in caplog.records)
-  every = evaluate.audio_metrics(evaluate.score_audio(refs, [np.full_like(r, np.nan) for r in refs], SR),
+  every = scoring.audio_metrics(scoring.score_audio(refs, [np.full_like(r, np.nan) for r in refs], SR),
                                  "eval/x")
   assert every["eval/x/nonfinite_clips"] == 3 and math.isnan(every["eval/x/stoi_concat"])
 
@@ -255,11 +255,11 @@ def test_eval_audio_with_bad_unusual_and_good_files(smoke_workdir, tmp_path):
 
 @pytest.mark.slow
 def test_the_test_split_report_of_a_diverged_model_finishes(trained, tmp_path):
-  from vae_jax import report, report_md  # pylint: disable=g-import-not-at-top
+  from vae_jax.eval import report, render  # pylint: disable=g-import-not-at-top
 
   diverged = _diverged(trained, "kernel")
   r = report.evaluate_workdir(diverged.workdir, trained=diverged, num_samples=4, max_utterances=6)
-  paths = report_md.write_report(r, str(tmp_path / "eval"))
+  paths = render.write_report(r, str(tmp_path / "eval"))
   m = r.metrics
   assert m["eval/vae/nonfinite_utterances"] == 6 and m["eval/vae/nonfinite_clips"] == 6
   assert m["eval/pca/nonfinite_utterances"] == 0 and np.isfinite(m["eval/pca/logmel_mse"])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vae_jax import audio
+from vae_jax.audio import io as audio_io
 from vae_jax.config import load_config
 from vae_jax.errors import ConfigError, UserError
-from vae_jax.features import FeatureConfig, Normalizer, log_mel, mel_to_audio
+from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel, mel_to_audio
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FSDD_CLIP = "3_theo_12.wav"
@@ -41,7 +41,7 @@ def test_log_mel_matches_librosa_on_fsdd_clip(fsdd_dir, fc):
   assert feats.shape[0] == fc.num_frames(len(wave))
   np.testing.assert_allclose(feats, librosa_log_mel(wave, fc), rtol=0, atol=1e-5)
   # The same clip through the file reader gives the same features.
-  read = audio.read_audio(str(fsdd_dir / FSDD_CLIP), rate)
+  read = audio_io.read_audio(str(fsdd_dir / FSDD_CLIP), rate)
   np.testing.assert_array_equal(log_mel(read, fc), feats)
 
 

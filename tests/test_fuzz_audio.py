@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from vae_jax import audio, metrics
+from vae_jax.audio import io as audio_io
+from vae_jax.eval import metrics
 from vae_jax.config import load_config
 from vae_jax.data.corpora import hash_split
 from vae_jax.data.store import load_dataset
@@ -234,18 +235,18 @@ def test_header_claims_are_checked_before_anything_is_read(tmp_path, monkeypatch
   def no_read(*args, **kwargs):
     raise AssertionError("the samples were read")
 
-  monkeypatch.setattr(audio, "MAX_SAMPLES", SR // 2)
-  monkeypatch.setattr(audio.sf, "read", no_read)
-  with pytest.raises(audio.BadAudio, match=f"header claims {SR} frames x 1 channels"):
-    audio.read_audio(str(path), SR)
+  monkeypatch.setattr(audio_io, "MAX_SAMPLES", SR // 2)
+  monkeypatch.setattr(audio_io.sf, "read", no_read)
+  with pytest.raises(audio_io.BadAudio, match=f"header claims {SR} frames x 1 channels"):
+    audio_io.read_audio(str(path), SR)
 
 
 def test_loud_garbage_in_several_channels_is_refused_without_overflow(tmp_path):
   wave = np.full((SR // 2, 4), 3e38, np.float32)  # The downmix sum would overflow float32.
   path = tmp_path / "loud.wav"
   sf.write(path, wave, SR, subtype="FLOAT")
-  with pytest.raises(audio.BadAudio, match="sample values up to"):
-    audio.read_audio(str(path), SR)
+  with pytest.raises(audio_io.BadAudio, match="sample values up to"):
+    audio_io.read_audio(str(path), SR)
 
 
 def _signal(kind: int, n: int, rate: int, rng: np.random.Generator) -> np.ndarray:

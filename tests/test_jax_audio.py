@@ -1,4 +1,4 @@
-"""Tests for vae_jax.jax_audio against the librosa reference front end."""
+"""Tests for vae_jax.audio.spectral against the librosa reference front end."""
 
 import jax
 import jax.numpy as jnp
@@ -6,10 +6,10 @@ import librosa
 import numpy as np
 import pytest
 
-from vae_jax import features, jax_audio
-from vae_jax.audio import read_audio
-from vae_jax.features import FeatureConfig
-from vae_jax.metrics import spectral_convergence
+from vae_jax.audio import features, spectral
+from vae_jax.audio.io import read_audio
+from vae_jax.audio.features import FeatureConfig
+from vae_jax.eval.metrics import spectral_convergence
 
 FC8K = FeatureConfig(sample_rate=8000, n_fft=256, win_length=256, hop_length=64,
                      n_mels=64, fmax=4000.0)
@@ -50,7 +50,7 @@ def _padded_batch(waves: list[np.ndarray]) -> np.ndarray:
 
 def test_stft_matches_librosa(clips):
   waves_BxN = _padded_batch(clips)
-  got_BxTxK = np.asarray(jax_audio.stft(waves_BxN, FC8K))
+  got_BxTxK = np.asarray(spectral.stft(waves_BxN, FC8K))
   assert got_BxTxK.shape == (len(clips), 1 + waves_BxN.shape[1] // 64, 129)
   for wave, got_TxK in zip(waves_BxN, got_BxTxK):
     ref_TxK = _librosa_stft_TxK(wave, FC8K)
@@ -64,12 +64,12 @@ def test_stft_matches_librosa(clips):
 def test_stft_and_istft_match_librosa_for_other_geometries(clips, fc):
   wave = clips[0]
   ref_TxK = _librosa_stft_TxK(wave, fc)
-  got_TxK = np.asarray(jax_audio.stft(wave, fc))
+  got_TxK = np.asarray(spectral.stft(wave, fc))
   assert got_TxK.shape == ref_TxK.shape
   assert np.max(np.abs(got_TxK - ref_TxK)) <= 1e-6 * np.max(np.abs(ref_TxK))
   ref_wave = librosa.istft(ref_TxK.T, n_fft=fc.n_fft, hop_length=fc.hop_length,
                            win_length=fc.win_length, window=fc.window, length=wave.size)
-  got_wave = np.asarray(jax_audio.istft(got_TxK, fc, length=wave.size))
+  got_wave = np.asarray(spectral.istft(got_TxK, fc, length=wave.size))
   np.testing.assert_allclose(got_wave, ref_wave, atol=1e-6)
 
 
@@ -82,27 +82,27 @@ def test_istft_matches_librosa_with_and_without_length(clips):
   stft_TxK = (np.abs(stft_TxK) * phase).astype(np.complex64)
   for length in (None, wave.size - 100, wave.size, wave.size + 300):
     ref = librosa.istft(stft_TxK.T, n_fft=256, hop_length=64, length=length)
-    got = np.asarray(jax_audio.istft(stft_TxK, FC8K, length=length))
+    got = np.asarray(spectral.istft(stft_TxK, FC8K, length=length))
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=1e-6 * np.abs(ref).max())
 
 
 def test_istft_inverts_stft(clips):
   wave = clips[2]
-  back = np.asarray(jax_audio.istft(jax_audio.stft(wave, FC8K), FC8K, length=wave.size))
+  back = np.asarray(spectral.istft(spectral.stft(wave, FC8K), FC8K, length=wave.size))
   np.testing.assert_allclose(back, wave, atol=1e-6)
 
 
 def test_batched_shapes_under_jit():
   wave_BxCxN = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 1000))
-  stft_BxCxTxK = jax_audio.stft(wave_BxCxN, FC8K)
+  stft_BxCxTxK = spectral.stft(wave_BxCxN, FC8K)
   assert stft_BxCxTxK.shape == (2, 3, 1 + 1000 // 64, 129)
-  assert jax_audio.istft(stft_BxCxTxK, FC8K, length=1000).shape == (2, 3, 1000)
-  assert jax_audio.istft(stft_BxCxTxK, FC8K).shape == (2, 3, 1000 // 64 * 64)
-  log_mel_BxCxTxF = jax_audio.log_mel(wave_BxCxN, FC8K)
+  assert spectral.istft(stft_BxCxTxK, FC8K, length=1000).shape == (2, 3, 1000)
+  assert spectral.istft(stft_BxCxTxK, FC8K).shape == (2, 3, 1000 // 64 * 64)
+  log_mel_BxCxTxF = spectral.log_mel(wave_BxCxN, FC8K)
   assert log_mel_BxCxTxF.shape == (2, 3, 1 + 1000 // 64, 64)
   # Each batch element is analysed on its own.
-  np.testing.assert_allclose(log_mel_BxCxTxF[1, 2], jax_audio.log_mel(wave_BxCxN[1, 2], FC8K),
+  np.testing.assert_allclose(log_mel_BxCxTxF[1, 2], spectral.log_mel(wave_BxCxN[1, 2], FC8K),
                              atol=1e-6)
 
 
@@ -111,7 +111,7 @@ def test_log_mel_matches_librosa(clips, fc):
   waves = [librosa.resample(w, orig_sr=8000, target_sr=fc.sample_rate).astype(np.float32)
            for w in clips]
   waves_BxN = _padded_batch(waves)
-  got_BxTxF = np.asarray(jax_audio.log_mel(waves_BxN, fc))
+  got_BxTxF = np.asarray(spectral.log_mel(waves_BxN, fc))
   assert got_BxTxF.dtype == np.float32
   for wave, got_TxF in zip(waves_BxN, got_BxTxF):
     ref_TxF = features.log_mel(wave, fc)
@@ -125,7 +125,7 @@ def test_mel_to_magnitude_fits_better_than_clipped_pinv(clips):
   basis_FxK = features.mel_filterbank(FC8K).astype(np.float64)
 
   def residual(n_iter):
-    mag_TxK = np.asarray(jax_audio.mel_to_magnitude(mel_TxF, FC8K, n_iter), np.float64)
+    mag_TxK = np.asarray(spectral.mel_to_magnitude(mel_TxF, FC8K, n_iter), np.float64)
     assert mag_TxK.shape == (mel_TxF.shape[0], 129) and mag_TxK.min() >= 0
     return np.linalg.norm(mag_TxK @ basis_FxK.T - mel_TxF)
 
@@ -138,7 +138,7 @@ def test_griffin_lim_iterations_match_librosa_from_zero_phase(clips):
   for n_iter in (8, 32):
     ref = librosa.griffinlim(mag_TxK.T, n_iter=n_iter, hop_length=64, n_fft=256, init=None,
                              length=wave.size, pad_mode="constant")
-    got = np.asarray(jax_audio.griffin_lim_magnitude(
+    got = np.asarray(spectral.griffin_lim_magnitude(
         mag_TxK, FC8K, jax.random.PRNGKey(0), n_iter=n_iter, length=wave.size, init=None))
     assert got.shape == ref.shape
     # float32 rounding differences grow slowly with the momentum iterations.
@@ -160,21 +160,21 @@ def test_griffin_lim_is_no_worse_than_librosa(clips):
   ref_sc = [sc(features.mel_to_audio(lm, FC8K, n_iter=32, length=n, seed=s), i)
             for i, lm in enumerate(log_mels) for s in range(n_seeds)]
   log_mels_BxSxTxF = np.repeat(log_mels[:, None], n_seeds, axis=1)
-  out_BxSxN = np.asarray(jax_audio.griffin_lim(log_mels_BxSxTxF, FC8K, n_iter=32, length=n, key=0))
+  out_BxSxN = np.asarray(spectral.griffin_lim(log_mels_BxSxTxF, FC8K, n_iter=32, length=n, key=0))
   assert out_BxSxN.shape == (len(clips), n_seeds, n)
   jax_sc = [sc(w, i) for i in range(len(clips)) for w in out_BxSxN[i]]
   assert np.mean(jax_sc) <= np.mean(ref_sc) + 0.003, (np.mean(jax_sc), np.mean(ref_sc))
   # The iterations must improve on the random initial phase.
   out0_BxSxN = np.asarray(
-      jax_audio.griffin_lim(log_mels_BxSxTxF, FC8K, n_iter=0, length=n, key=0))
+      spectral.griffin_lim(log_mels_BxSxTxF, FC8K, n_iter=0, length=n, key=0))
   assert sc(out0_BxSxN[0, 0], 0) > jax_sc[0] + 0.1
 
 
 def test_griffin_lim_is_deterministic_for_a_seed(clips):
   log_mel_TxF = features.log_mel(clips[4], FC8K)
-  a = np.asarray(jax_audio.griffin_lim(log_mel_TxF, FC8K, n_iter=4, key=1))
-  b = np.asarray(jax_audio.griffin_lim(log_mel_TxF, FC8K, n_iter=4, key=jax.random.PRNGKey(1)))
-  c = np.asarray(jax_audio.griffin_lim(log_mel_TxF, FC8K, n_iter=4, key=2))
+  a = np.asarray(spectral.griffin_lim(log_mel_TxF, FC8K, n_iter=4, key=1))
+  b = np.asarray(spectral.griffin_lim(log_mel_TxF, FC8K, n_iter=4, key=jax.random.PRNGKey(1)))
+  c = np.asarray(spectral.griffin_lim(log_mel_TxF, FC8K, n_iter=4, key=2))
   # Without `length` the output covers the frames' centres, (T - 1) hops.
   assert a.shape == ((log_mel_TxF.shape[0] - 1) * 64,)
   np.testing.assert_array_equal(a, b)
@@ -183,4 +183,4 @@ def test_griffin_lim_is_deterministic_for_a_seed(clips):
 
 def test_griffin_lim_rejects_a_length_with_other_frame_count():
   with pytest.raises(ValueError, match="frames"):
-    jax_audio.griffin_lim(jnp.zeros((20, 64)), FC8K, n_iter=2, length=5000)
+    spectral.griffin_lim(jnp.zeros((20, 64)), FC8K, n_iter=2, length=5000)

@@ -8,7 +8,7 @@ import pytest
 from vae_jax.data.loader import LoaderState, TrainLoader, eval_batches
 from vae_jax.data.store import Split
 from vae_jax.errors import ConfigError
-from vae_jax.features import Normalizer
+from vae_jax.audio.features import Normalizer
 
 T = 16  # Segment frames.
 F = 5  # Mel bins.

@@ -2,7 +2,7 @@
 
 import json
 
-from vae_jax.metric_writer import MetricWriter
+from vae_jax.run_log import RunLog
 
 
 def _rows(path):
@@ -11,7 +11,7 @@ def _rows(path):
 
 def test_rows_are_appended_across_runs(tmp_path):
   for step in (1, 2):
-    w = MetricWriter(str(tmp_path))
+    w = RunLog(str(tmp_path))
     w.scalars(step, {"train/loss": float(step)})
     w.close()
   assert [r["step"] for r in _rows(tmp_path / "metrics.jsonl")] == [1, 2]
@@ -20,7 +20,7 @@ def test_rows_are_appended_across_runs(tmp_path):
 def test_a_half_written_row_does_not_swallow_the_next(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1, "train/loss": 1.0}\n{"step": 2, "train/lo')  # kill -9 mid-write
-  w = MetricWriter(str(tmp_path))
+  w = RunLog(str(tmp_path))
   w.scalars(3, {"train/loss": 3.0, "train/nll": float("nan")})
   w.close()
   lines = path.read_text().splitlines()

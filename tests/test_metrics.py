@@ -1,13 +1,13 @@
-"""Tests for vae_jax.metrics."""
+"""Tests for vae_jax.eval.metrics."""
 
 import math
 
 import numpy as np
 import pytest
 
-from vae_jax import metrics
-from vae_jax.audio import read_audio
-from vae_jax.features import FeatureConfig, log_mel
+from vae_jax.eval import metrics
+from vae_jax.audio.io import read_audio
+from vae_jax.audio.features import FeatureConfig, log_mel
 
 FC8K = FeatureConfig(sample_rate=8000, n_fft=256, win_length=256, hop_length=64,
                      n_mels=64, fmax=4000.0)

@@ -214,7 +214,7 @@ def test_prior_of_another_vae_or_corrupt_checkpoint_is_refused(smoke_workdir, pr
 def test_eval_sample_mode_names_lengths_and_grid(smoke_workdir, prior_workdir, tmp_path):
   import matplotlib.image  # pylint: disable=g-import-not-at-top
 
-  from vae_jax import eval_cli, generate  # pylint: disable=g-import-not-at-top
+  from vae_jax.eval import cli as eval_cli, generate  # pylint: disable=g-import-not-at-top
 
   out = tmp_path / "standard"
   eval_cli.run(eval_cli.EvalOptions(workdir=str(smoke_workdir), sample=101, out=str(out)))

@@ -1,11 +1,11 @@
-"""Tests for vae_jax.probes: the softmax probe, pooling, MFCCs and chance."""
+"""Tests for vae_jax.eval.probes: the logistic-regression probe, pooling, MFCCs and chance."""
 
 import math
 
 import numpy as np
 import pytest
 
-from vae_jax import probes
+from vae_jax.eval import probes
 
 
 def _blobs(n: int, k: int, d: int, seed: int, spread: float = 6.0):
@@ -23,7 +23,7 @@ def test_probe_separates_linearly_separable_classes():
   y_train, y_test = rng.integers(0, k, 600), rng.integers(0, k, 200)
   x_train = centers[y_train] + rng.normal(size=(600, d))
   x_test = centers[y_test] + rng.normal(size=(200, d))
-  probe = probes.fit_probe(x_train, y_train, k)
+  probe = probes.fit_probe(x_train, y_train)
   assert probe.accuracy(x_train, y_train) == 1.0
   assert probe.accuracy(x_test, y_test) >= 0.99
 
@@ -33,7 +33,7 @@ def test_probe_on_shuffled_labels_is_at_chance():
   rng = np.random.default_rng(3)
   y_shuffled = rng.permutation(y)
   x_test, y_test = _blobs(1000, 5, 8, seed=4)
-  probe = probes.fit_probe(x, y_shuffled, 5)
+  probe = probes.fit_probe(x, y_shuffled)
   # Five balanced classes: chance is 0.2; 1000 test examples put 3 sigma at about 0.04.
   assert abs(probe.accuracy(x_test, y_test) - 0.2) < 0.06
 
@@ -48,6 +48,22 @@ def test_probe_labels_reports_every_label_and_chance():
   assert out["a"]["classes"] == 3 and out["b"]["classes"] == 1
   assert out["b"]["accuracy"] == 1.0 and out["b"]["chance"] == 1.0
   assert out["a"]["chance"] == pytest.approx(np.mean(yt == np.bincount(y).argmax()))
+
+
+def _signal_and_noise(n: int, noise_dims: int, separation: float, seed: int):
+  """Two classes apart along 2 dimensions, beside `noise_dims` pure-noise dimensions."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 2, n)
+  signal = (2 * y[:, None] - 1) * separation + rng.normal(size=(n, 2))
+  return np.concatenate([signal, rng.normal(size=(n, noise_dims))], 1), y
+
+
+def test_cross_validation_regularises_noisy_data_and_not_clean_data():
+  # Cross-validated log loss must choose a strong penalty (small C) where a probe would fit
+  # noise, and a weak one (large C) where classes are far apart and examples plentiful.
+  noisy = probes.fit_probe(*_signal_and_noise(60, 40, 0.5, seed=6))
+  clean = probes.fit_probe(*_signal_and_noise(600, 2, 3.0, seed=6))
+  assert noisy.c <= 0.1 and clean.c >= 10.0, (noisy.c, clean.c)
 
 
 def test_chance_is_the_majority_class_of_train():

@@ -15,6 +15,7 @@ from vae_jax.checkpoints import INTEGRITY_FILE, Checkpointer
 from vae_jax.data.loader import LoaderState, TrainLoader
 from vae_jax.errors import CheckpointError, UserError
 from vae_jax.models import build_model
+from vae_jax.eval import render
 
 
 def _state(seed: int) -> dict[str, np.ndarray]:
@@ -346,7 +347,7 @@ def test_nonfinite_updates_are_skipped_counted_and_carried_over_a_resume(tmp_pat
     np.testing.assert_array_equal(x, y)
   assert any(not np.array_equal(y, z) for y, z in zip(jax.tree.leaves(params[3]), jax.tree.leaves(params[4])))
   capsys.readouterr()
-  train.print_summary(workdir, second)
+  render.print_training_summary(workdir, second)
   assert "skipped:    2 updates" in capsys.readouterr().out
   report = (pathlib.Path(workdir) / "report.md").read_text()
   assert "Skipped updates (non-finite loss or gradient): 2" in report

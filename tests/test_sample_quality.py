@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vae_jax.sample_quality import scores
+from vae_jax.eval import bounds
 
 
 def _one_hot_NxK(n: int, k: int) -> np.ndarray:
@@ -100,7 +101,6 @@ def test_sample_quality_table_has_a_row_per_set_and_a_column_per_metric():
 def test_classifier_trains_predicts_saves_loads_and_retrains_when_corrupt(tmp_path, caplog):
   from vae_jax.config import load_config  # pylint: disable=g-import-not-at-top
   from vae_jax.data.store import load_dataset  # pylint: disable=g-import-not-at-top
-  from vae_jax.sample_quality import evaluate  # pylint: disable=g-import-not-at-top
   from vae_jax.sample_quality import classifier as sq  # pylint: disable=g-import-not-at-top
 
   config = load_config("configs/smoke.py", {"data.cache_dir": str(tmp_path)})
@@ -159,15 +159,15 @@ def test_classifier_trains_predicts_saves_loads_and_retrains_when_corrupt(tmp_pa
     sq.load_classifier(str(info_path.parent), dataset.feature_config)
 
   # The reference sets: n clips each, of the real clips' lengths; scored and tabulated.
-  sets = evaluate.reference_sets(dataset, sr, n=4, seed=0, griffin_lim_iters=2)
-  assert set(sets) == set(evaluate.REFERENCE_SETS)
+  sets = bounds.reference_sets(dataset, sr, n=4, seed=0, griffin_lim_iters=2)
+  assert set(sets) == set(bounds.REFERENCE_SETS)
   lengths = [len(w) for w in sets["real"]]
   for name, clips in sets.items():
     assert [len(w) for w in clips] == lengths, name
   np.testing.assert_array_equal(sets["time_reversed"][0], sets["real"][0][::-1])
-  rows = evaluate.reference_rows(third, dataset, n=4, griffin_lim_iters=2,
-                                 reference_embedding=evaluate.train_embedding(third, dataset, n=8))
+  rows = bounds.reference_rows(third, dataset, n=4, griffin_lim_iters=2,
+                                 reference_embedding=bounds.train_embedding(third, dataset, n=8))
   assert set(rows["real"]) >= {"fd", "is/speaker", "class_entropy/word", "accuracy/vowel"}
   assert all(math.isfinite(v) for row in rows.values() for v in row.values())
-  table = evaluate.sample_quality_table(rows, third)
+  table = bounds.sample_quality_table(rows, third)
   assert third.hash in table.splitlines()[0] and len(table.splitlines()) == 2 + 2 + len(rows)

@@ -18,7 +18,7 @@ from vae_jax.data.corpora import build_corpus, hash_split
 from vae_jax.data.loader import LoaderState, TrainLoader, eval_batches
 from vae_jax.data.store import extract_features, fit_normalizer, load_dataset
 from vae_jax.errors import DataError
-from vae_jax.features import FeatureConfig, Normalizer
+from vae_jax.audio.features import FeatureConfig, Normalizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.py")

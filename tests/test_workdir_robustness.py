@@ -22,7 +22,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import smoke
 from tests.conftest import smoke_config
 from vae_jax import checkpoints, inference, train, workdir
 from vae_jax.checkpoints import Checkpointer, CheckpointSaveError

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from vae_jax import workdir as workdir_lib
 from vae_jax.errors import CheckpointError
+from vae_jax import fileio
 
 log = logging.getLogger("vae_jax")
 
@@ -437,12 +438,8 @@ def write_integrity_record(step_dir: str) -> None:
   """Writes `integrity.json` (size and sha256 of every file) into a finalised step directory."""
   files = {rel: {"size": os.path.getsize(p), "sha256": _sha256(p)}
            for rel, p in _hashed_files(step_dir).items()}
-  tmp = os.path.join(step_dir, INTEGRITY_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump({"version": 1, "files": files}, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(step_dir, INTEGRITY_FILE))
+  fileio.write_json(os.path.join(step_dir, INTEGRITY_FILE), {"version": 1, "files": files},
+                    fsync=True, indent=1, sort_keys=True)
 
 
 def integrity_problem(step_dir: str) -> str | None:

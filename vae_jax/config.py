@@ -232,7 +232,7 @@ def _sample_rate_range(corpus: Any) -> str:
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Returns the config, or raises ConfigError naming the first bad field and its accepted range."""
-  from vae_jax.features import FeatureConfig  # pylint: disable=g-import-not-at-top
+  from vae_jax.audio.features import FeatureConfig  # pylint: disable=g-import-not-at-top
 
   for field, kind, ok, accepted in _checks(config):
     _check(config, field, kind, ok, accepted)

@@ -20,12 +20,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from vae_jax import audio, jax_audio
+from vae_jax.audio import io as audio_io, spectral
+from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel
 from vae_jax.checkpoints import Checkpointer
+from vae_jax.data.loader import pad_frames
+from vae_jax.data.store import Dataset, load_dataset
 from vae_jax.errors import CheckpointError, DataError
-from vae_jax.features import FeatureConfig, Normalizer, log_mel
 from vae_jax.models.layers import downsample_mask
 from vae_jax.models.vae import VAE, build_model, time_stride
+from vae_jax.state import create_train_state
 
 
 @dataclasses.dataclass
@@ -47,7 +50,7 @@ class Trained:
       return model.apply({"params": params}, mel_BxTxF, mask_BxT, method=VAE.encode)
 
     def decode(params, z_BxTzxC, mask_BxT):
-      mask_z = latent_mask(mask_BxT, self.stride)
+      mask_z = downsample_mask(mask_BxT, self.stride)
       return model.apply({"params": params}, z_BxTzxC * mask_z[..., None], mask_BxT,
                          method=VAE.decode)
 
@@ -79,23 +82,30 @@ class Trained:
   def padded_length(self, num_frames: int) -> int:
     return -(-num_frames // self.length_multiple) * self.length_multiple
 
+  def config_for_corpus(self, data_path: str | None = None) -> ml_collections.ConfigDict:
+    """The run's config, or a copy of it reading the corpus from `data_path` (where it moved)."""
+    if not data_path:
+      return self.config
+    config = self.config.copy_and_resolve_references()
+    config.data.path = data_path
+    return config
+
+  def dataset(self, data_path: str | None = None) -> Dataset:
+    """The run's corpus (train and test splits), from `data_path` if given."""
+    return load_dataset(self.config_for_corpus(data_path), self.normalizer)
+
   def load_audio(self, path: str) -> tuple[np.ndarray, np.ndarray]:
     """(waveform at the model's rate, log-mel [T, F]); DataError naming the file if unusable."""
     fc = self.feature_config
     try:
-      wave = audio.read_audio(path, fc.sample_rate, min_samples=fc.win_length)
-    except audio.BadAudio as e:
+      wave = audio_io.read_audio(path, fc.sample_rate, min_samples=fc.win_length)
+    except audio_io.BadAudio as e:
       raise DataError(f"{path}: {e}") from None
     return wave, log_mel(wave, fc)
 
   def _pad(self, log_mel_TxF: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    t = len(log_mel_TxF)
-    t_pad = self.padded_length(t)
-    mel = np.zeros((1, t_pad, log_mel_TxF.shape[1]), np.float32)
-    mel[0, :t] = self.normalizer.normalize(log_mel_TxF)
-    mask = np.zeros((1, t_pad), np.float32)
-    mask[0, :t] = 1.0
-    return mel, mask
+    """One utterance, normalised, as a padded batch of one, and its frame mask."""
+    return pad_frames([self.normalizer.normalize(log_mel_TxF)], 1, self.length_multiple)
 
   def encode(self, log_mel_TxF: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and log-variance [Tz, C] of one utterance (valid latent frames only)."""
@@ -132,15 +142,10 @@ class Trained:
                              lengths=None if length is None else [length], seed=seed)[0]
 
 
-def latent_mask(mask_BxT: jax.Array, stride: int) -> jax.Array:
-  """The latent-frame mask of a mel-frame mask (valid where any covered frame is)."""
-  return downsample_mask(mask_BxT, stride)
-
-
 def griffin_lim_batch(log_mels: Sequence[np.ndarray], fc: FeatureConfig, n_iter: int,
                       lengths: Sequence[int] | None = None, seed: int = 0, batch_size: int = 32,
                       frame_multiple: int = 32) -> list[np.ndarray]:
-  """Waveforms of many log-mels [T_i, F], batched by length with jax_audio.griffin_lim.
+  """Waveforms of many log-mels [T_i, F], batched by length with spectral.griffin_lim.
 
   Utterances are sorted by length, padded with silence (the log floor) to a multiple
   of `frame_multiple` frames and cut back to their own length afterwards, so only one
@@ -157,13 +162,10 @@ def griffin_lim_batch(log_mels: Sequence[np.ndarray], fc: FeatureConfig, n_iter:
   key = jax.random.key(seed)
   for b in range(0, n, batch_size):
     idx = order[b:b + batch_size]
-    longest = max(len(log_mels[i]) for i in idx)
     # At least one frame of padding: Griffin-Lim's output then covers every requested sample.
-    t = -(-(longest + 1) // frame_multiple) * frame_multiple
-    mel = np.full((batch_size, t, fc.n_mels), floor, np.float32)
-    for j, i in enumerate(idx):
-      mel[j, :len(log_mels[i])] = log_mels[i]
-    waves = np.asarray(jax_audio.griffin_lim(mel, fc, n_iter=n_iter, key=jax.random.fold_in(key, b)))
+    mel, _ = pad_frames([log_mels[i] for i in idx], batch_size, frame_multiple, fill=floor,
+                        min_padding=1)
+    waves = np.asarray(spectral.griffin_lim(mel, fc, n_iter=n_iter, key=jax.random.fold_in(key, b)))
     for j, i in enumerate(idx):
       out[i] = waves[j, :lengths[i]]
   return out
@@ -196,8 +198,6 @@ def open_checkpoints(workdir: str, step: int | None, hint: str) -> tuple[Checkpo
 
 def load_trained(workdir: str, step: int | None = None) -> Trained:
   """Restores a workdir's checkpoint (the latest, or `step`); CheckpointError in one line if it cannot."""
-  from vae_jax import train  # pylint: disable=g-import-not-at-top
-
   ckpt, step = open_checkpoints(workdir, step, f"train first with `python train.py --workdir={workdir}`")
   try:
     meta = ckpt.restore_meta(step)
@@ -211,7 +211,7 @@ def load_trained(workdir: str, step: int | None = None) -> Trained:
       raise CheckpointError(f"checkpoint {ckpt.step_dir(step)} has no usable config in its meta "
                             f"({type(e).__name__}: {e})") from None
     # Shapes only: tracing the initialiser is much faster than compiling it.
-    abstract = jax.eval_shape(lambda: train.create_train_state(config, model, jax.random.key(0)))
+    abstract = jax.eval_shape(lambda: create_train_state(config, model, jax.random.key(0)))
     state, _ = ckpt.restore(abstract, step)
   finally:
     ckpt.close()

@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -17,51 +16,27 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax.training import train_state
 
-from vae_jax import losses
+from vae_jax import fileio, losses
 from vae_jax import workdir as workdir_lib
+from vae_jax.audio.features import Normalizer
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.config import validate
 from vae_jax.data.loader import LoaderState, TrainLoader
 from vae_jax.data.store import load_dataset
 from vae_jax.errors import ConfigError, UserError
-from vae_jax.evaluate import evaluate_split, make_eval_step
-from vae_jax.features import Normalizer
-from vae_jax.metric_writer import MetricWriter, Progress
+from vae_jax.inference import Trained
 from vae_jax.models import build_model
+from vae_jax.rng import example_keys
+from vae_jax.run_log import Progress, RunLog
+from vae_jax.signals import Interrupted, StopSignals
+from vae_jax.state import TrainState, applied_updates, create_train_state, make_optimizer
+from vae_jax.train_eval import evaluate_split, make_eval_step, write_reconstructions
 
 log = logging.getLogger("vae_jax")
 
-TrainState = train_state.TrainState
-
-
 class NonFiniteError(UserError):
   """The loss or a gradient became NaN or infinite."""
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with linear warm-up, cosine decay and global-norm clipping."""
-  o = config.optim
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
-      decay_steps=max(config.train.num_steps, o.warmup_steps + 1),
-      end_value=o.learning_rate * o.end_lr_factor)
-  adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
-  if o.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw), schedule
-  return adamw, schedule
-
-
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array) -> TrainState:
-  """Initial parameters (from `key`) and optimiser state, on the host."""
-  t, f = config.data.segment_frames, config.features.n_mels
-  mel, mask = jnp.zeros((1, t, f)), jnp.ones((1, t))
-  params = jax.jit(model.init)(key, mel, mask, jax.random.key(0))["params"]
-  tx, _ = make_optimizer(config)
-  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-  # A strongly typed step: a weakly typed one would make the second call recompile.
-  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
@@ -75,7 +50,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
   # One key per example of the global batch: the update does not depend on the device count.
   step_key = jax.random.fold_in(key, state.step)
   example_ids = device * per_device + jnp.arange(per_device)
-  sample_keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, example_ids)
+  sample_keys = example_keys(step_key, example_ids)
   frames = psum(mask.sum())
   beta = losses.kl_weight(state.step, config.loss.beta, config.loss.kl_warmup_steps)
 
@@ -101,6 +76,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
       "train/mse_normalized": psum(terms["sq_err"].sum()) / (frames * mel.shape[-1]),
       "train/beta": beta,
       "train/latent_frames": latent_frames,
+      "train/frames": frames,
       **update_metrics,
   }
   return new_state, metrics
@@ -116,7 +92,9 @@ def apply_update(state: TrainState, grads: Any, loss: jax.Array,
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   new_state = new_state.replace(step=state.step + 1)
   _, schedule = make_optimizer(config)
-  return new_state, {"train/grad_norm": grad_norm, "train/learning_rate": schedule(state.step),
+  # The rate this update was applied at: the optimiser's own count, which skipped updates do not advance.
+  return new_state, {"train/grad_norm": grad_norm,
+                     "train/learning_rate": schedule(applied_updates(state.opt_state)),
                      "train/finite": finite}
 
 
@@ -127,10 +105,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   (nothing new to save), later after the current step, with a checkpoint. Rerunning the
   same command resumes.
   """
-  with _StopSignals() as signals:
+  with StopSignals() as signals:
     try:
       return _train_and_evaluate(config, workdir, signals)
-    except _Interrupted as e:
+    except Interrupted as e:
       print(f"received {e.signal} before the first step of this run: nothing new to save; "
             "rerun the same command to continue", flush=True)
       return {"step": None, "stopped_by_signal": True, "skipped_updates": 0}
@@ -144,15 +122,16 @@ class Task:
   step_fn: Callable  # Pure per-device step(state, batch, key, axis_name) -> (state, metrics).
   loader: TrainLoader
   # (step, host params, writer) -> eval metrics; may write files and media through the writer.
-  evaluate: Callable[[int, Any, MetricWriter], dict[str, Any]]
+  evaluate: Callable[[int, Any, RunLog], dict[str, Any]]
   summary: Callable[[dict[str, Any]], str]  # One progress line about an evaluation.
   meta: dict[str, Any]  # Saved with every checkpoint, besides the loop's own entries.
-  frames_per_step: float  # Frames of (model-rate) data one step consumes, for throughput logs.
-  frames_per_second: float  # Frames per second of audio, for train/audio_sec_per_sec.
+  # Mel frames per second of audio; each step reports the valid (unpadded) mel frames it
+  # consumed as `train/frames`, for train/frames_per_sec and train/audio_sec_per_sec.
+  frames_per_second: float
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        signals: "_StopSignals") -> dict[str, Any]:
+                        signals: StopSignals) -> dict[str, Any]:
   validate(config)
   devices = _devices(config)  # Device-dependent config checks, before anything is written.
   with contextlib.ExitStack() as cleanup:
@@ -187,7 +166,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     from vae_jax.parallel import DataParallel  # pylint: disable=g-import-not-at-top
 
     parallel = DataParallel(task.step_fn, devices, config.train.parallel)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    writer = RunLog(workdir, enabled=jax.process_index() == 0)
     _close_on_exit(cleanup, writer.close)
     loop = _Loop(config, task, parallel, ckpt, writer, base_key, signals)
     loop.resume_from(meta)
@@ -228,7 +207,7 @@ def _close_within(close: Callable[[], None], timeout_s: float) -> None:
     log.debug("while stopping on an error, a close did not finish within %.0f s", timeout_s)
 
 
-def _stop_after_failed_save(signals: "_StopSignals") -> None:
+def _stop_after_failed_save(signals: StopSignals) -> None:
   """Makes the loop stop after its current step, as a stop signal does; its save then reports the failure."""
   if signals.received is None:
     signals.received = "a failed checkpoint save"
@@ -252,8 +231,6 @@ def _one_line_write_errors(ckpt: Checkpointer, workdir: str) -> Iterator[None]:
 
 def _vae_task(config, workdir: str, meta: dict | None, devices, base_key, signals) -> Task:
   """The VAE objective: ELBO steps on mel crops; evaluation on the test split with reconstructions."""
-  from vae_jax import samples  # pylint: disable=g-import-not-at-top
-
   normalizer = Normalizer.from_dict(meta["normalizer"]) if meta else None
   data = load_dataset(config, normalizer, process_index=jax.process_index(),
                       process_count=jax.process_count())
@@ -267,76 +244,23 @@ def _vae_task(config, workdir: str, meta: dict | None, devices, base_key, signal
                        process_index=jax.process_index(), process_count=jax.process_count())
   _save_normalizer(workdir, data.normalizer)
   eval_step, e = make_eval_step(model), config.eval
+  # The same jitted path eval.py loads a checkpoint into: what a run writes is what eval.py hears.
+  trained = Trained(os.path.abspath(workdir), 0, config, model, state.params, data.normalizer,
+                    data.feature_config)
 
-  def evaluate(step: int, params, writer: MetricWriter) -> dict[str, Any]:
+  def evaluate(step: int, params, writer: RunLog) -> dict[str, Any]:
     metrics = evaluate_split(eval_step, params, data.test, data.normalizer,
                              jax.random.fold_in(base_key, 2), batch_size=e.batch_size,
                              length_multiple=e.length_multiple, max_utterances=e.max_utterances)
     if jax.process_index() == 0 and e.num_audio_examples:
-      samples.write_reconstructions(model, params, data, config, workdir, step, writer)
+      trained.step, trained.params = step, params
+      write_reconstructions(trained, data.test, workdir, writer)
     return metrics
 
   return Task(state, functools.partial(train_step, model=model, config=config), loader, evaluate,
               lambda m: (f"eval neg-ELBO {m['eval/loss']:.4f} nats/frame, "
                          f"log-mel MSE {m['eval/logmel_mse']:.4f}"),
-              {"normalizer": data.normalizer.to_dict()},
-              config.train.batch_size * config.data.segment_frames, data.feature_config.frames_per_second)
-
-
-class _Interrupted(BaseException):
-  """A stop signal during start-up; a BaseException so that `except Exception` cannot swallow it."""
-
-  def __init__(self, signal_name: str):
-    super().__init__(signal_name)
-    self.signal = signal_name
-
-
-class _StopSignals:
-  """Records SIGTERM and SIGINT; start-up stops at its next phase, training after its current step.
-
-  The handler only sets a flag: an exception raised from a signal handler can land in a
-  garbage-collection callback, where Python prints and drops it.
-  """
-
-  def __init__(self):
-    self.received: str | None = None
-    self.deferred = False  # True once the loop runs: a signal then asks for a checkpoint first.
-    self._previous = {}
-
-  def __enter__(self) -> "_StopSignals":
-    for s in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[s] = signal.signal(s, self._handle)
-      except ValueError:  # Not the main thread: leave signals alone.
-        break
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for s, h in self._previous.items():
-      signal.signal(s, h)
-
-  def check(self) -> None:
-    """Ends start-up (raises _Interrupted) if a signal came."""
-    if self.received is not None:
-      raise _Interrupted(self.received)
-
-  def start_training(self) -> None:
-    """From now on a signal means: save after the current step, then stop."""
-    self.deferred = True
-    self.check()
-
-  def _handle(self, signum: int, frame) -> None:
-    del frame
-    name = signal.Signals(signum).name
-    if self.received is not None:
-      if signum == signal.SIGINT:  # Ctrl-C twice: the user does not want to wait for the save.
-        raise KeyboardInterrupt
-      return
-    self.received = name
-    then = ("saving a checkpoint after the current step" if self.deferred
-            else "stopping before training starts")
-    # os.write, not print: the handler may run while the main thread is inside a print.
-    os.write(2, f"received {name}: {then}\n".encode())
+              {"normalizer": data.normalizer.to_dict()}, data.feature_config.frames_per_second)
 
 
 def _devices(config) -> list[jax.Device]:
@@ -372,22 +296,14 @@ def _check_resumable(workdir: str, config, meta) -> None:
                         "use a new --workdir or the original config")
 
 
-def _write_atomic(path: str, text: str) -> None:
-  """Writes a file so that a kill leaves either the old or the new content, never a mix."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _write_config(workdir: str, config) -> None:
   if jax.process_index() == 0:
-    _write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+    fileio.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _save_normalizer(workdir: str, normalizer: Normalizer) -> None:
   if jax.process_index() == 0:
-    _write_atomic(os.path.join(workdir, "normalizer.json"), json.dumps(normalizer.to_dict()))
+    fileio.write_json(os.path.join(workdir, "normalizer.json"), normalizer.to_dict())
 
 
 # Each skipped update is reported up to this many times; later ones are only counted.
@@ -397,8 +313,8 @@ _SKIP_WARNINGS = 5
 class _Loop:
   """The host-side training loop; owns timing, logging, evaluation and checkpoint cadence."""
 
-  def __init__(self, config, task: Task, parallel, ckpt: Checkpointer, writer: MetricWriter,
-               base_key, signals: _StopSignals):
+  def __init__(self, config, task: Task, parallel, ckpt: Checkpointer, writer: RunLog,
+               base_key, signals: StopSignals):
     self.config, self.task, self.parallel, self.ckpt = config, task, parallel, ckpt
     self.writer, self.loader, self.base_key, self.signals = writer, task.loader, base_key, signals
     self.skipped = 0
@@ -459,7 +375,8 @@ class _Loop:
     if self.skipped:
       log.warning("skipped %d non-finite updates in total (train/skipped_updates)", self.skipped)
     latest = self.ckpt.latest_step()
-    result = {"step": step, "stopped_by_signal": step < last, "skipped_updates": self.skipped,
+    result = {"step": step, "num_steps": c.num_steps, "stopped_by_signal": step < last,
+              "skipped_updates": self.skipped, "last_eval_step": self.last_eval_step,
               "checkpoint": self.ckpt.step_dir(latest) if latest is not None else None}
     return {**result, **self.last_eval}
 
@@ -493,10 +410,11 @@ class _Loop:
   def _log(self, step: int, window, steps_per_sec: float, progress: Progress) -> None:
     # Skipped steps have NaN metrics: average the others, and count the skips.
     finite = [w for w in window if bool(w["train/finite"])]
-    keys = [k for k in window[-1] if k not in ("train/finite", "train/latent_frames")]
+    keys = [k for k in window[-1] if k not in ("train/finite", "train/latent_frames", "train/frames")]
     mean = {k: np.mean([np.asarray(w[k]) for w in finite], axis=0) for k in keys} if finite else {}
     mean["train/steps_per_sec"] = steps_per_sec
-    mean["train/frames_per_sec"] = steps_per_sec * self.task.frames_per_step
+    frames_per_step = np.mean([float(w["train/frames"]) for w in window])
+    mean["train/frames_per_sec"] = steps_per_sec * frames_per_step
     mean["train/audio_sec_per_sec"] = mean["train/frames_per_sec"] / self.task.frames_per_second
     mean["train/skipped_updates"] = self.skipped
     self.writer.scalars(step, mean)
@@ -516,47 +434,3 @@ class _Loop:
             "last_eval_step": self.last_eval_step}
     metrics = {"eval/loss": self.last_eval["eval/loss"]} if self.last_eval_step == step else None
     self.ckpt.save(step, self.parallel.get_state(state), meta, metrics)
-
-
-def write_training_report(workdir: str, result: dict[str, Any]) -> str:
-  """A short markdown summary of the run: final evaluation and where everything is."""
-  samples_dir = os.path.join(workdir, "samples")
-  latest = sorted(f for f in os.listdir(samples_dir) if f.endswith(".png")) if os.path.isdir(samples_dir) else []
-  lines = [f"# Training run `{os.path.basename(os.path.abspath(workdir))}`", "",
-           f"Steps: {result['step']}", ""]
-  if result.get("skipped_updates"):
-    lines += [f"Skipped updates (non-finite loss or gradient): {result['skipped_updates']}", ""]
-  lines += ["| metric | value |", "| --- | --- |"]
-  lines += [f"| {k} | {v:.4f} |" for k, v in result.items() if k.startswith("eval/")]
-  if latest:
-    lines += ["", f"![reconstructions](samples/{latest[-1]})"]
-  lines += ["", "Scalars: `metrics.jsonl`; TensorBoard: `tensorboard --logdir tb`; "
-            "full evaluation: `python eval.py --workdir <this directory>`."]
-  path = os.path.join(workdir, "report.md")
-  _write_atomic(path, "\n".join(lines) + "\n")
-  return path
-
-
-def _newest_step_dir(directory: str) -> str:
-  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
-  return os.path.join(directory, str(max(steps))) if steps else "none yet"
-
-
-def print_summary(workdir: str, result: dict[str, Any]) -> None:
-  """Prints where the checkpoint, logs and report of a run are (only the checkpoint if it was stopped)."""
-  if jax.process_index() != 0:
-    return
-  # From the result or a listing, not a new CheckpointManager: opening one is a barrier
-  # across processes.
-  checkpoint = result.get("checkpoint") or _newest_step_dir(os.path.join(workdir, "checkpoints"))
-  if result.get("stopped_by_signal"):
-    print(f"checkpoint: {checkpoint}")
-    return
-  report = write_training_report(workdir, result)
-  if result.get("skipped_updates"):
-    print(f"skipped:    {result['skipped_updates']} updates with a non-finite loss or gradient")
-  print(f"checkpoint: {checkpoint}")
-  print(f"logs:       {os.path.join(workdir, 'metrics.jsonl')} "
-        f"(TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')})")
-  print(f"samples:    {os.path.join(workdir, 'samples')}")
-  print(f"report:     {report}")

@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any, Mapping
 
-from vae_jax.audio import is_audio_path
+from vae_jax.audio.io import is_audio_path
 from vae_jax.errors import ConfigError, DataError
 
 log = logging.getLogger("vae_jax")

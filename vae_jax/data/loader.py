@@ -17,7 +17,7 @@ import numpy as np
 
 from vae_jax.data.store import Split
 from vae_jax.errors import ConfigError
-from vae_jax.features import Normalizer
+from vae_jax.audio.features import Normalizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,28 +169,39 @@ class TrainLoader:
 
 def eval_batches(split: Split, normalizer: Normalizer, batch_size: int, length_multiple: int,
                  max_utterances: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Whole utterances, sorted by length, padded to a multiple of `length_multiple` frames.
+  """Whole utterances sorted by length, padded to a multiple of `length_multiple` frames.
 
-  Yields {'mel': [B, T, F], 'mask': [B, T], 'index': [B] (-1 for padding rows)}; the
-  batch size is constant so that only one program per padded length is compiled.
+  Yields {'mel': [B, T, F], 'mask': [B, T], 'index': [B] (-1 for padding rows)}. The batch
+  size is constant, so only one program per padded length is compiled, and the one partial
+  batch holds the shortest utterances: padding rows cost as much as real ones, least there.
   """
   n = len(split) if max_utterances <= 0 else min(len(split), max_utterances)
   order = np.argsort(split.lengths[:n], kind="stable")
-  for b in range(0, n, batch_size):
-    yield padded_batch(split, order[b:b + batch_size], normalizer, batch_size, length_multiple)
+  first = n % batch_size or batch_size
+  starts = [0] + list(range(first, n, batch_size))
+  for start, stop in zip(starts, starts[1:] + [n]):
+    yield padded_batch(split, order[start:stop], normalizer, batch_size, length_multiple)
 
 
 def padded_batch(split: Split, idx: Sequence[int], normalizer: Normalizer, batch_size: int,
                  length_multiple: int) -> dict[str, np.ndarray]:
   """The utterances `idx`, normalised and zero-padded to [batch_size, T, F] with a frame mask."""
-  longest = int(split.lengths[np.asarray(idx)].max())
-  t = -(-longest // length_multiple) * length_multiple
-  mel = np.zeros((batch_size, t, split.num_mels), np.float32)
-  mask = np.zeros((batch_size, t), np.float32)
+  mels = [normalizer.normalize(split.utterance(int(i))) for i in idx]
+  mel, mask = pad_frames(mels, batch_size, length_multiple)
   index = np.full((batch_size,), -1, np.int64)
-  for j, i in enumerate(idx):
-    x = split.utterance(int(i))
-    mel[j, :len(x)] = normalizer.normalize(x)
-    mask[j, :len(x)] = 1.0
-    index[j] = i
+  index[:len(idx)] = idx
   return {"mel": mel, "mask": mask, "index": index}
+
+
+def pad_frames(arrays: Sequence[np.ndarray], rows: int, length_multiple: int, fill: float = 0.0,
+               min_padding: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Arrays [T_i, F] stacked into [rows, T, F] (T: a multiple of `length_multiple` with at least
+  `min_padding` frames after the longest), padded with `fill`; and the frame mask [rows, T]."""
+  longest = max(len(a) for a in arrays)
+  t = -(-(longest + min_padding) // length_multiple) * length_multiple
+  out = np.full((rows, t, arrays[0].shape[1]), fill, np.float32)
+  mask = np.zeros((rows, t), np.float32)
+  for j, a in enumerate(arrays):
+    out[j, :len(a)] = a
+    mask[j, :len(a)] = 1.0
+  return out, mask

@@ -28,18 +28,18 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 import time
 from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tqdm
 
-from vae_jax import audio
+from vae_jax.audio import io as audio_io
 from vae_jax.data import stream
 from vae_jax.data.corpora import Corpus, Entry, build_corpus, cache_root
 from vae_jax.errors import DataError
-from vae_jax.features import FeatureConfig, Normalizer, log_mel
+from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel
+from vae_jax.fileio import atomic_write
 
 log = logging.getLogger("vae_jax")
 
@@ -236,7 +236,7 @@ def _exchanged_moments(split: Split, bounds: list[tuple[int, int]], p: int, coun
     arrays = {"count": np.asarray([m.count for m in mine], np.int64),
               "mean": np.asarray([m.mean for m in mine]).reshape(len(mine), -1),
               "m2": np.asarray([m.m2 for m in mine]).reshape(len(mine), -1)}
-    _atomic_write(paths[p], lambda f: np.savez(f, **arrays))
+    atomic_write(paths[p], lambda f: np.savez(f, **arrays))
   _wait_for([q for q in range(count) if q != p], lambda q: os.path.exists(paths[q]),
             lambda q: os.path.basename(paths[q]), "normaliser moments", count, exchange_dir,
             timeout_s)
@@ -524,8 +524,8 @@ def _extract_chunks(chunks, todo, cache_dir, fc, num_workers):
 def _extract_one(args: tuple[str, FeatureConfig]) -> tuple[np.ndarray | None, str | None]:
   path, fc = args
   try:
-    wave = audio.read_audio(path, fc.sample_rate, min_samples=fc.win_length)
-  except audio.BadAudio as e:
+    wave = audio_io.read_audio(path, fc.sample_rate, min_samples=fc.win_length)
+  except audio_io.BadAudio as e:
     return None, str(e)
   feats = log_mel(wave, fc)
   if not np.all(np.isfinite(feats)):
@@ -536,14 +536,14 @@ def _extract_one(args: tuple[str, FeatureConfig]) -> tuple[np.ndarray | None, st
 def _atomic_save(cache_dir: str, i: int, arr: np.ndarray, meta: dict) -> None:
   """Writes shard i: its .npy, then its .json (index and integrity record), which marks it complete."""
   hashed = []
-  _atomic_write(_shard_path(cache_dir, i, ".npy"), lambda f: hashed.append(_save_hashed(f, arr)))
+  atomic_write(_shard_path(cache_dir, i, ".npy"), lambda f: hashed.append(_save_hashed(f, arr)))
   size, digest = hashed[0]
   # Through JSON and back: the digest is of the index as a reader parses it.
   record = json.loads(json.dumps({"format": CACHE_FORMAT, "kept": meta["kept"],
                                   "skipped": meta["skipped"], "npy_bytes": size,
                                   "npy_sha256": digest}))
   record["index_sha256"] = _index_digest(record)
-  _atomic_write(_shard_path(cache_dir, i, ".json"), lambda f: f.write(json.dumps(record).encode()))
+  atomic_write(_shard_path(cache_dir, i, ".json"), lambda f: f.write(json.dumps(record).encode()))
 
 
 class _HashingWriter:
@@ -563,16 +563,3 @@ def _save_hashed(f: BinaryIO, arr: np.ndarray) -> tuple[int, str]:
   w = _HashingWriter(f)
   np.save(w, arr)
   return w.size, w.sha256.hexdigest()
-
-
-def _atomic_write(path: str, write: Callable) -> None:
-  """Writes through a temporary file, so `path` is either absent or complete."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

@@ -136,19 +136,26 @@ class VAE(nn.Module):
     """Likelihood mean (normalised log-mel) for latents; mask_BxT is at the mel frame rate."""
     return self.decoder(z_BxTzxC, mask_BxT)
 
+  def sample_posterior(self, key: jax.Array, mean_BxTzxC, logvar_BxTzxC):
+    """z ~ q(z|x) (the mean for a deterministic model); `key` is one key or one per example."""
+    if self.deterministic:
+      return mean_BxTzxC
+    return losses.reparameterize(key, mean_BxTzxC, logvar_BxTzxC)
+
+  def nll(self, mel_BxTxF, recon_BxTxF, mask_BxT):
+    """Per-example -log p(x|z) in nats over the valid frames, given the likelihood mean."""
+    nll_BxTxF = losses.gaussian_nll(mel_BxTxF, recon_BxTxF, self.log_scale)
+    return (nll_BxTxF * mask_BxT[..., None]).sum((1, 2))
+
   def __call__(self, mel_BxTxF, mask_BxT, key: jax.Array | None = None) -> dict[str, jax.Array]:
     """Per-example ELBO terms; `key` is one key or one key per example."""
     mean, logvar, mask_z = self.encode(mel_BxTxF, mask_BxT)
-    if self.deterministic:
-      z, kl_BxTzxC = mean, jnp.zeros_like(mean)
-    else:
-      z = losses.reparameterize(key, mean, logvar)
-      kl_BxTzxC = losses.kl_diag_gaussian(mean, logvar)
+    z = self.sample_posterior(key, mean, logvar)
+    kl_BxTzxC = jnp.zeros_like(mean) if self.deterministic else losses.kl_diag_gaussian(mean, logvar)
     recon_BxTxF = self.decode(z, mask_BxT)
-    nll_BxTxF = losses.gaussian_nll(mel_BxTxF, recon_BxTxF, self.log_scale)
     kl_BxC = (kl_BxTzxC * mask_z[..., None]).sum(1)
     return {
-        "nll": (nll_BxTxF * mask_BxT[..., None]).sum((1, 2)),
+        "nll": self.nll(mel_BxTxF, recon_BxTxF, mask_BxT),
         "kl": kl_BxC.sum(-1),
         "kl_per_channel": kl_BxC,
         "sq_err": (((mel_BxTxF - recon_BxTxF) ** 2) * mask_BxT[..., None]).sum((1, 2)),

@@ -18,8 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from vae_jax import audio, evaluate, generate
-from vae_jax.data.store import Dataset, load_dataset
+from vae_jax.audio import io as audio_io
+from vae_jax.eval import bounds, generate
+from vae_jax.data.store import Dataset
 from vae_jax.prior.trained import Draw, TrainedPrior
 from vae_jax.sample_quality import classifier as classifier_lib
 from vae_jax.sample_quality import evaluate as sq
@@ -30,14 +31,14 @@ log = logging.getLogger("vae_jax")
 def learned_bound(prior: TrainedPrior, data: Dataset, num_samples: int, seed: int = 0) -> dict[str, float]:
   """Test-split -ELBO (Monte Carlo) and -IWAE with the learned prior, nats per frame (as eval/neg_elbo)."""
   vae = prior.vae_run
-  p = evaluate.run_split(vae, data.test, jax.random.fold_in(jax.random.key(seed), 3), num_samples=num_samples,
+  p = bounds.run_split(vae, data.test, jax.random.fold_in(jax.random.key(seed), 3), num_samples=num_samples,
                          decode=False, batch_size=vae.config.eval.batch_size,
                          length_multiple=vae.length_multiple, log_prior=prior.log_prior_fn())
   frames = p.frames_N.sum()
   neg_elbo = -p.log_weights_NxK.mean(1).sum() / frames
   nll = p.nll_N.sum() / frames
   return {"eval/prior/neg_elbo": neg_elbo, "eval/prior/nll": nll, "eval/prior/kl": neg_elbo - nll,
-          "eval/prior/neg_iwae": -evaluate.log_mean_exp(p.log_weights_NxK, axis=1).sum() / frames,
+          "eval/prior/neg_iwae": -bounds.log_mean_exp(p.log_weights_NxK, axis=1).sum() / frames,
           "eval/prior/iwae_samples": float(num_samples)}
 
 
@@ -96,7 +97,7 @@ def sample_quality(prior: TrainedPrior, data: Dataset, *, n: int | None = None, 
   for name, waves in refs.items():
     rows[name] = sq.score_set(clf, waves, true, reference_embedding=reference)
   train_idx = np.sort(np.random.default_rng(seed).choice(len(data.train), n, replace=False))
-  train_waves = [audio.read_audio(data.train.paths[i], clf.sample_rate) for i in train_idx]
+  train_waves = [audio_io.read_audio(data.train.paths[i], clf.sample_rate) for i in train_idx]
   train_true = {k: data.train.labels[k][train_idx] for k in true}
   rows["real"]["fd"] = sq.score_set(clf, train_waves, train_true, reference_embedding=reference)["fd"]
   log.info("reference sets: %.0f s", time.perf_counter() - t0)
@@ -114,11 +115,7 @@ def generation_report(prior: TrainedPrior, *, num_samples: int, n: int | None = 
                       data_path: str | None = None,
                       classifier_steps: int = classifier_lib.Hyperparams.steps) -> tuple[dict[str, Any], list[str]]:
   """(metrics, markdown lines) of the learned-prior bound and the sample-quality table."""
-  config = prior.vae_run.config
-  if data_path:
-    config = config.copy_and_resolve_references()
-    config.data.path = data_path
-  data = load_dataset(config, prior.vae_run.normalizer)
+  data = prior.vae_run.dataset(data_path)
   m = learned_bound(prior, data, num_samples, seed) if num_samples else {}
   rows, clf = sample_quality(prior, data, n=n, seed=seed, guidance=guidance, temperature=temperature,
                              classifier_steps=classifier_steps)

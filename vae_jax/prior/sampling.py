@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax.prior.model import LatentPrior, guide, sample_mixture
+from vae_jax.rng import stream_keys
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_frames", "guided"))
@@ -36,7 +37,7 @@ def sample_latents(model: LatentPrior, params, keys_N: jax.Array, lengths_N: jax
     p = params_at(z, t, labels_NxL)
     if guided:
       p = guide(p, params_at(z, t, unknown), guidance)
-    keys = jax.vmap(jax.random.fold_in, (0, None))(keys_N, t)
+    keys = stream_keys(keys_N, t)
     z_t = jax.vmap(sample_mixture, (0, 0, None))(keys, p, temperature)
     keep = (t < prompt_frames_N)[:, None]
     valid = (t < lengths_N)[:, None]

@@ -19,6 +19,7 @@ from vae_jax.errors import CheckpointError, UserError
 from vae_jax.inference import Trained, config_from_json, load_trained, open_checkpoints
 from vae_jax.prior import sampling, training
 from vae_jax.prior.model import LatentPrior
+from vae_jax.rng import example_keys
 
 
 @dataclasses.dataclass
@@ -133,7 +134,7 @@ class TrainedPrior:
       if len(pz) >= latent[j]:
         raise UserError(f"a prompt of {len(pz)} latent frames leaves nothing to sample in {latent[j]}")
       prompt_z[j, :len(pz)], prompt_frames[j] = pz, len(pz)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.asarray(idx))
+    keys = example_keys(base, jnp.asarray(idx))
     guided = bool(guidance != 1.0 and len(null) and (labels != np.array(null)).any())
     z = sampling.sample_latents(self.model, self.params, keys, jnp.asarray(latent, jnp.int32),
                                 jnp.asarray(labels), jnp.asarray(prompt_z), jnp.asarray(prompt_frames),

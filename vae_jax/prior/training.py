@@ -16,13 +16,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import evaluate, losses
+from vae_jax import losses
+from vae_jax.eval import bounds
+from vae_jax.state import TrainState, make_optimizer
+from vae_jax.train import Task, apply_update
 from vae_jax.data.loader import TrainLoader, padded_batch
 from vae_jax.data.store import Split, load_dataset
 from vae_jax.errors import ConfigError
-from vae_jax.features import Normalizer
+from vae_jax.audio.features import Normalizer
 from vae_jax.inference import Trained, load_trained
 from vae_jax.prior.model import LatentPrior, mixture_log_prob
+from vae_jax.rng import example_keys, stream_keys, utterance_keys
 
 # Latent sequences are padded to a multiple of this many frames: few programs to compile.
 LENGTH_MULTIPLE = 8
@@ -45,7 +49,7 @@ def load_vae(config: ml_collections.ConfigDict) -> Trained:
 
 def latent_split(vae: Trained, split: Split, key: jax.Array) -> Split:
   """The split's posterior, one row per latent frame: [mean (C), log-variance (C)]."""
-  p = evaluate.run_split(vae, split, key, decode=False, batch_size=vae.config.eval.batch_size,
+  p = bounds.run_split(vae, split, key, decode=False, batch_size=vae.config.eval.batch_size,
                          length_multiple=vae.length_multiple)
   rows = [np.concatenate([m, lv], -1).astype(np.float32) for m, lv in zip(p.mean, p.logvar)]
   offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
@@ -72,8 +76,6 @@ def build_prior(config: ml_collections.ConfigDict, latent_channels: int,
 
 def create_prior_state(config: ml_collections.ConfigDict, model: LatentPrior, key: jax.Array):
   """Initial prior parameters (from `key`) and optimiser state."""
-  from vae_jax.train import TrainState, make_optimizer  # pylint: disable=g-import-not-at-top
-
   z = jnp.zeros((1, LENGTH_MULTIPLE, model.latent_channels))
   labels = jnp.zeros((1, len(model.num_classes)), jnp.int32)
   params = jax.jit(model.init)(key, z, jnp.ones((1,), jnp.int32), labels)["params"]
@@ -97,19 +99,16 @@ def batch_labels(batch: dict[str, jax.Array], conditions, batch_size: int) -> ja
 def prior_train_step(state, batch: dict[str, jax.Array], key: jax.Array, axis_name: str | None = None,
                      *, model: LatentPrior, config: ml_collections.ConfigDict):
   """One maximum-likelihood update of the prior on fresh posterior draws, averaged over `axis_name`."""
-  from vae_jax.train import apply_update  # pylint: disable=g-import-not-at-top
-
   psum = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
   mean, logvar = split_stats(batch["mel"])
   mask = batch["mask"]
   b = mean.shape[0]
   device = jax.lax.axis_index(axis_name) if axis_name else 0
   step_key = jax.random.fold_in(key, state.step)
-  keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, device * b + jnp.arange(b))
+  keys = example_keys(step_key, device * b + jnp.arange(b))
   # Named streams per example: 0 draws the posterior sample, 1 drops labels.
-  k_post, k_drop = (jax.vmap(jax.random.fold_in, (0, None))(keys, i) for i in (0, 1))
-  eps = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:]))(k_post)
-  z = (mean + jnp.exp(0.5 * logvar) * eps) * mask[..., None]
+  k_post, k_drop = stream_keys(keys, 0), stream_keys(keys, 1)
+  z = losses.reparameterize(k_post, mean, logvar) * mask[..., None]
   labels = batch_labels(batch, config.prior.conditions, b)
   null = jnp.asarray(model.num_classes, jnp.int32)
   drop = jax.vmap(lambda k: jax.random.bernoulli(k, config.prior.label_dropout, null.shape))(k_drop)
@@ -124,7 +123,8 @@ def prior_train_step(state, batch: dict[str, jax.Array], key: jax.Array, axis_na
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   grads, loss = psum(grads), psum(loss)
   new_state, update_metrics = apply_update(state, grads, loss, config)
-  return new_state, {"train/loss": loss, "train/nll_per_latent_frame": loss, **update_metrics}
+  return new_state, {"train/loss": loss, "train/nll_per_latent_frame": loss, "train/frames": frames,
+                     **update_metrics}
 
 
 def make_log_prior(model: LatentPrior):
@@ -164,7 +164,7 @@ def evaluate_prior(log_prior, params, latents: Split, mel_frames: float, conditi
         else np.zeros((batch_size, 0), np.int32)
     unknown = np.broadcast_to(null, given.shape)
     for s in range(num_samples):
-      keys = evaluate.utterance_keys(jax.random.fold_in(key, s), jnp.asarray(batch["index"]))
+      keys = utterance_keys(jax.random.fold_in(key, s), jnp.asarray(batch["index"]))
       eps = np.asarray(jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:]))(keys))
       z = ((mean + np.exp(0.5 * logvar) * eps) * m[..., None]).astype(np.float32)
       sums["log_p"] += float(np.asarray(log_prior(params, z, m, unknown))[valid].sum()) / num_samples
@@ -193,8 +193,6 @@ def length_table(latents: Split, mel_lengths: np.ndarray, conditions) -> dict[st
 def make_task(config: ml_collections.ConfigDict, workdir: str, meta: dict | None, devices,
               base_key: jax.Array, signals):
   """The prior objective for the shared training loop (vae_jax.train)."""
-  from vae_jax.train import Task  # pylint: disable=g-import-not-at-top
-
   vae = load_vae(config)
   vae_hash = params_hash(vae.params)
   if meta and meta.get("vae", {}).get("params_hash") not in (None, vae_hash):
@@ -240,6 +238,6 @@ def make_task(config: ml_collections.ConfigDict, workdir: str, meta: dict | None
       "lengths": length_table(train, data.train.lengths, config.prior.conditions),
   }
   step_fn = functools.partial(prior_train_step, model=model, config=config)
+  # The prior's frames are latent frames.
   return Task(state, step_fn, loader, evaluate_fn, summary, task_meta,
-              config.train.batch_size * float(train.lengths.mean()) * vae.stride,
-              data.feature_config.frames_per_second)
+              data.feature_config.frames_per_second / vae.stride)

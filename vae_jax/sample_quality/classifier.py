@@ -4,7 +4,7 @@
   out = classifier.predict(waves)                    # {"embedding": [N, 128], "probs/digit": [N, 10], ...}
 
 The model reads raw waveforms through the project's JAX log-mel front end
-(`vae_jax.jax_audio.log_mel`, the corpus's FeatureConfig), normalises each mel
+(`vae_jax.audio.spectral.log_mel`, the corpus's FeatureConfig), normalises each mel
 bin with the train-split mean and std, runs a small temporal conv net, pools
 over the valid frames (masked mean and max) into a 128-d embedding and has one
 softmax head per corpus label. It is trained from random crops of the train
@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import audio, jax_audio
+from vae_jax.audio import io as audio_io, spectral
 from vae_jax.data.corpora import build_corpus, cache_root
 from vae_jax.data.store import Dataset, cache_key, load_dataset
 from vae_jax.errors import DataError
-from vae_jax.features import FeatureConfig
+from vae_jax.audio.features import FeatureConfig
 
 _log = logging.getLogger("vae_jax")
 
@@ -78,7 +78,7 @@ class AudioClassifier(nn.Module):
                std_F: jax.Array) -> dict[str, jax.Array]:
     """{'embedding': [B, embed_dim], 'logits/<label>': [B, K]} of the first num_samples_B samples."""
     fc = self.feature_config
-    x_BxTxF = (jax_audio.log_mel(wave_BxN, fc) - mean_F) / std_F
+    x_BxTxF = (spectral.log_mel(wave_BxN, fc) - mean_F) / std_F
     valid_B = 1 + (num_samples_B + 2 * (fc.n_fft // 2) - fc.n_fft) // fc.hop_length
     h = _masked(x_BxTxF, valid_B)
     # Fixed left/right padding (not 'SAME', whose split depends on T) keeps each valid
@@ -150,7 +150,7 @@ class Classifier:
 
     Clips are batched by length and padded to a multiple of PAD_SECONDS (masked),
     so few programs compile. Non-finite samples are replaced by 0, and samples
-    beyond +-audio.MAX_ABS_SAMPLE (garbage, not audio) are clipped there, so any
+    beyond +-audio_io.MAX_ABS_SAMPLE (garbage, not audio) are clipped there, so any
     array yields finite scores.
     """
     clean = [_clean(w) for w in waves]
@@ -176,7 +176,7 @@ class Classifier:
 
 def _clean(wave: np.ndarray) -> np.ndarray:
   w = np.nan_to_num(np.asarray(wave, np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
-  return np.clip(w, -audio.MAX_ABS_SAMPLE, audio.MAX_ABS_SAMPLE)
+  return np.clip(w, -audio_io.MAX_ABS_SAMPLE, audio_io.MAX_ABS_SAMPLE)
 
 
 # ----------------------------------------------------------------------------- training
@@ -194,7 +194,7 @@ class _TrainData:
 
 def _train_data(dataset: Dataset, crop: int) -> _TrainData:
   sr = dataset.feature_config.sample_rate
-  waves = [audio.read_audio(p, sr) for p in dataset.train.paths]
+  waves = [audio_io.read_audio(p, sr) for p in dataset.train.paths]
   lengths = np.asarray([len(w) for w in waves], np.int32)
   offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
   # The trailing zeros let every crop be a fixed-size slice, never clamped at the end.
@@ -288,7 +288,7 @@ def train_classifier(config, *, seed: int = 0, steps: int = Hyperparams.steps,
 def _test_accuracy(classifier: Classifier, dataset: Dataset) -> dict[str, float]:
   """Accuracy per label on whole test utterances."""
   sr = classifier.sample_rate
-  probs = classifier.predict([audio.read_audio(p, sr) for p in dataset.test.paths])
+  probs = classifier.predict([audio_io.read_audio(p, sr) for p in dataset.test.paths])
   return {k: float(np.mean(np.argmax(probs[f"probs/{k}"], 1) == dataset.test.labels[k]))
           for k in classifier.labels}
 

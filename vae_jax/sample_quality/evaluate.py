@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import librosa
 import numpy as np
 
-from vae_jax import audio
+from vae_jax.audio import io as audio_io
 from vae_jax.data.store import Dataset
 from vae_jax.inference import griffin_lim_batch
 from vae_jax.sample_quality import scores
@@ -65,7 +65,7 @@ def reference_sets(dataset: Dataset, classifier_sample_rate: int, n: int, seed: 
   """
   fc = dataset.feature_config
   idx = reference_indices(dataset, n, seed)
-  real = [audio.read_audio(dataset.test.paths[i], fc.sample_rate) for i in idx]
+  real = [audio_io.read_audio(dataset.test.paths[i], fc.sample_rate) for i in idx]
   resynth = griffin_lim_batch([dataset.test.utterance(i) for i in idx], fc, griffin_lim_iters,
                               lengths=[len(w) for w in real], seed=seed)
   rng = np.random.default_rng([seed, 1])
@@ -91,7 +91,7 @@ def train_embedding(classifier: Classifier, dataset: Dataset, n: int | None = No
   paths = dataset.train.paths
   if n is not None and n < len(paths):
     paths = [paths[i] for i in np.sort(np.random.default_rng(seed).choice(len(paths), n, replace=False))]
-  waves = [audio.read_audio(p, classifier.sample_rate) for p in paths]
+  waves = [audio_io.read_audio(p, classifier.sample_rate) for p in paths]
   return classifier.predict(waves)["embedding"]
 
 

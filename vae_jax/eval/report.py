@@ -2,7 +2,7 @@
 
 Systems compared on the same test utterances and the same metrics:
   vae     the trained model (reconstructions decode the posterior mean);
-  pca     frame PCA with the VAE's latent numbers per second (vae_jax.baselines);
+  pca     frame PCA with the VAE's latent numbers per second (vae_jax.eval.baselines);
   ae      a deterministic autoencoder workdir, when one is given;
   oracle  the true log-mel, for the audio metrics (the ceiling of the mel inverter).
 """
@@ -17,9 +17,10 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from vae_jax import audio, evaluate, probes
-from vae_jax.baselines import PCA, matched_components
-from vae_jax.data.store import Dataset, Split, load_dataset
+from vae_jax.audio import io as audio_io
+from vae_jax.eval import bounds, scoring, probes
+from vae_jax.eval.baselines import PCA, matched_components
+from vae_jax.data.store import Dataset, Split
 from vae_jax.errors import ConfigError
 from vae_jax.inference import Trained, griffin_lim_batch, load_trained
 
@@ -34,7 +35,7 @@ class System:
   recon: list[np.ndarray] | None = None  # Unnormalised log-mel per test utterance.
   test_codes: list[np.ndarray] | None = None  # Per-utterance code sequences for the probes.
   waves: list[np.ndarray] | None = None
-  scores: evaluate.AudioScores | None = None
+  scores: scoring.AudioScores | None = None
 
 
 @dataclasses.dataclass
@@ -58,13 +59,10 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, baseline_workdir:
   """Computes the full test-split evaluation of a workdir (see the module docstring)."""
   clock = _Clock()
   trained = trained or load_trained(workdir, step)
-  config = trained.config
-  if data_path:
-    config.data.path = data_path
-  e = config.eval
+  e = trained.config.eval
   num_samples = e.iwae_samples if num_samples is None else num_samples
   audio_metrics = e.audio_metrics if audio_metrics is None else audio_metrics
-  data = load_dataset(config, trained.normalizer)
+  data = trained.dataset(data_path)
   test = data.test
   if max_utterances:
     test = test.subset(range(min(max_utterances, len(test))))
@@ -76,12 +74,12 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, baseline_workdir:
   m: dict[str, Any] = {"eval/step": float(trained.step), "eval/utterances": float(len(test)),
                        "eval/frames": float(test.lengths.sum()),
                        "eval/audio_seconds": float(test.lengths.sum() / data.feature_config.frames_per_second)}
-  deterministic = bool(config.model.deterministic)
-  vae_pass = evaluate.run_split(trained, test, key, num_samples=0 if deterministic else num_samples,
+  deterministic = bool(trained.config.model.deterministic)
+  vae_pass = bounds.run_split(trained, test, key, num_samples=0 if deterministic else num_samples,
                                 **batching)
   if not deterministic and num_samples:
-    m.update(evaluate.bound_metrics(vae_pass, trained.normalizer))
-  m.update(evaluate.latent_metrics(vae_pass))
+    m.update(bounds.bound_metrics(vae_pass, trained.normalizer))
+  m.update(bounds.latent_metrics(vae_pass))
   systems = {"vae": System("vae", vae_pass.recon, vae_pass.mean)}
   clock.lap("bounds and reconstructions")
 
@@ -95,11 +93,11 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, baseline_workdir:
   ae = None
   if baseline_workdir:
     ae = _load_baseline(baseline_workdir, trained)
-    ae_pass = evaluate.run_split(ae, test, key, **batching)
+    ae_pass = bounds.run_split(ae, test, key, **batching)
     systems["ae"] = System("ae", ae_pass.recon, ae_pass.mean)
     m["eval/ae/step"] = float(ae.step)
   for name, s in systems.items():
-    m.update(evaluate.reconstruction_metrics(refs, s.recon, f"eval/{name}"))
+    m.update(scoring.reconstruction_metrics(refs, s.recon, f"eval/{name}"))
 
   if audio_metrics:
     _audio(trained, test, refs, systems, m, seed)
@@ -147,7 +145,7 @@ def _audio(trained: Trained, test: Split, refs: Sequence[np.ndarray], systems: d
   """Griffin-Lim re-synthesis of every system and of the true mel (oracle); STOI and PESQ."""
   fc = trained.feature_config
   n_iter = trained.config.eval.griffin_lim_iters
-  originals = [audio.read_audio(p, fc.sample_rate, min_samples=fc.win_length) for p in test.paths]
+  originals = [audio_io.read_audio(p, fc.sample_rate, min_samples=fc.win_length) for p in test.paths]
   lengths = [len(w) for w in originals]
   groups = None
   if "speaker" in test.labels:
@@ -155,8 +153,8 @@ def _audio(trained: Trained, test: Split, refs: Sequence[np.ndarray], systems: d
   all_systems = {"oracle": System("oracle", list(refs)), **systems}
   for name, s in all_systems.items():
     s.waves = griffin_lim_batch(s.recon, fc, n_iter, lengths=lengths, seed=seed)
-    s.scores = evaluate.score_audio(originals, s.waves, fc.sample_rate, groups)
-    m.update(evaluate.audio_metrics(s.scores, f"eval/{name}"))
+    s.scores = scoring.score_audio(originals, s.waves, fc.sample_rate, groups)
+    m.update(scoring.audio_metrics(s.scores, f"eval/{name}"))
   systems["oracle"] = all_systems["oracle"]
   oracle = all_systems["oracle"].scores
   for name, s in systems.items():
@@ -184,13 +182,13 @@ def _probes(trained, data: Dataset, test: Split, refs, systems: dict[str, System
     train = train.subset(pick)
   train_refs = [train.utterance(i) for i in range(len(train))]
   codes = {
-      "vae": (evaluate.run_split(trained, train, key, decode=False, **batching).mean,
+      "vae": (bounds.run_split(trained, train, key, decode=False, **batching).mean,
               systems["vae"].test_codes),
       "mfcc": ([probes.mfcc(r) for r in train_refs], [probes.mfcc(r) for r in refs]),
       "pca": ([pca.encode(r) for r in train_refs], systems["pca"].test_codes),
   }
   if ae is not None:
-    codes["ae"] = (evaluate.run_split(ae, train, key, decode=False, **batching).mean,
+    codes["ae"] = (bounds.run_split(ae, train, key, decode=False, **batching).mean,
                    systems["ae"].test_codes)
   for name, (train_codes, test_codes) in codes.items():
     train_x = np.stack([probes.pool_mean_std(c) for c in train_codes])
@@ -202,7 +200,7 @@ def _probes(trained, data: Dataset, test: Split, refs, systems: dict[str, System
       m[f"probe/{label}/classes"] = r["classes"]
 
 
-def _per_utterance(test: Split, vae_pass: evaluate.SplitPass, systems: dict[str, System]) -> list[dict]:
+def _per_utterance(test: Split, vae_pass: bounds.SplitPass, systems: dict[str, System]) -> list[dict]:
   rows = []
   for i, name in enumerate(test.names):
     row: dict[str, Any] = {"name": name, "frames": int(test.lengths[i])}
@@ -210,7 +208,7 @@ def _per_utterance(test: Split, vae_pass: evaluate.SplitPass, systems: dict[str,
     if vae_pass.nll_N is not None:
       frames = float(test.lengths[i])
       row["neg_elbo"] = float(vae_pass.nll_N[i] + vae_pass.kl_NxC[i].sum()) / frames
-      row["neg_iwae"] = float(-evaluate.log_mean_exp(vae_pass.log_weights_NxK[i])) / frames
+      row["neg_iwae"] = float(-bounds.log_mean_exp(vae_pass.log_weights_NxK[i])) / frames
     for sys_name, s in systems.items():
       if s.scores is not None:
         row[f"{sys_name}_stoi"] = float(s.scores.stoi_N[i])

@@ -1,7 +1,7 @@
 """Reconstruction and audio-quality metrics on numpy arrays.
 
 Spectral metrics take natural-log mel amplitudes, ln(A) as produced by
-`vae_jax.features.log_mel`, shaped [..., T, F] (frames, mel bins); an optional
+`vae_jax.audio.features.log_mel`, shaped [..., T, F] (frames, mel bins); an optional
 mask [..., T] marks the valid frames, so padded frames never count. Averages
 are taken over all valid frames together.
 

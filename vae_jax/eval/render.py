@@ -1,6 +1,5 @@
-"""Renders a vae_jax.report.Report: metrics.json, report.md with figures, and a console table."""
+"""Renders a vae_jax.eval.report.Report: metrics.json, report.md with figures, and a console table."""
 
-import json
 import math
 import os
 from typing import Any, Mapping
@@ -12,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vae_jax import plots  # noqa: E402
-from vae_jax.report import Report  # noqa: E402
+from vae_jax.eval.report import Report  # noqa: E402
+from vae_jax import fileio
+import jax
 
 _SYSTEM_TITLES = {"oracle": "oracle (true mel)", "vae": "VAE", "pca": "PCA", "ae": "AE (β=0)"}
 
@@ -24,21 +25,6 @@ def fmt(v: Any, digits: int = 3) -> str:
   return f"{v:.{digits}f}"
 
 
-def to_jsonable(v: Any) -> Any:
-  """Nested dicts, lists and arrays as plain JSON values; NaN and infinities become None."""
-  if isinstance(v, dict):
-    return {k: to_jsonable(x) for k, x in v.items()}
-  if isinstance(v, np.ndarray):
-    return to_jsonable(v.tolist())
-  if isinstance(v, (list, tuple)):
-    return [to_jsonable(x) for x in v]
-  if isinstance(v, (float, np.floating)):
-    return float(v) if math.isfinite(v) else None  # JSON has no NaN.
-  if isinstance(v, np.integer):
-    return int(v)
-  return v
-
-
 def write_report(report: Report, directory: str) -> dict[str, str]:
   """Writes metrics.json, the figures and report.md into `directory`; returns their paths."""
   os.makedirs(directory, exist_ok=True)
@@ -46,12 +32,11 @@ def write_report(report: Report, directory: str) -> dict[str, str]:
            "report": os.path.join(directory, "report.md")}
   doc = {"workdir": report.trained.workdir, "step": report.trained.step,
          **report.metrics, "utterances": report.utterances}
-  with open(paths["metrics"], "w") as f:
-    json.dump(to_jsonable(doc), f, indent=1)
+  fileio.write_json(paths["metrics"], doc, indent=1)
   figures = _write_figures(report, directory)
   paths.update(figures)
-  with open(paths["report"], "w") as f:
-    f.write(render_markdown(report, {k: os.path.basename(v) for k, v in figures.items()}))
+  fileio.write_text(paths["report"],
+                    render_markdown(report, {k: os.path.basename(v) for k, v in figures.items()}))
   return paths
 
 
@@ -262,7 +247,7 @@ def _reconstruction_section(report: Report, figures) -> list[str]:
           "and nepers per bin. LSD = mean over frames of the RMS over bins of "
           "(20 / ln 10)(ln A − ln A') dB. MCD = (10 / ln 10) √(2 Σ_d (c_d − c'_d)²) dB over mel "
           f"cepstra c_1..c_{min(24, n_mels - 1)} (orthonormal DCT-II of ln A; c_0, the level, "
-          "excluded); both as in `vae_jax.metrics`.", "",
+          "excluded); both as in `vae_jax.eval.metrics`.", "",
           f"![input and reconstructions]({figures['reconstructions']})", ""]
 
 
@@ -305,7 +290,7 @@ def _audio_section(report: Report, figures) -> list[str]:
             "(mean over the clips both score)")
   lines = ["## Audio", "",
            f"Every test utterance is re-synthesised with Griffin-Lim "
-           f"({report.trained.config.eval.griffin_lim_iters} iterations, `vae_jax.jax_audio`) from "
+           f"({report.trained.config.eval.griffin_lim_iters} iterations, `vae_jax.audio.spectral`) from "
            "the true mel (the oracle: the ceiling any mel-domain model reaches with this inverter) "
            "and from each system's reconstruction, and scored against the original waveform.", "",
            *_table(header, rows), "", gap + ".", "",
@@ -374,3 +359,58 @@ def summary_table(m: Mapping[str, Any]) -> str:
   lines = [" " * width + "".join(f"{c:>10}" for c in cols)]
   lines += [r[0].ljust(width) + "".join(f"{x:>10}" for x in r[1:]) for r in rows]
   return "\n".join(lines)
+
+
+# The short report train.py writes at the end of a run.
+
+
+def write_training_report(workdir: str, result: dict[str, Any]) -> str:
+  """A short markdown summary of the run: final evaluation and where everything is."""
+  samples_dir = os.path.join(workdir, "samples")
+  latest = sorted(f for f in os.listdir(samples_dir) if f.endswith(".png")) if os.path.isdir(samples_dir) else []
+  lines = [f"# Training run `{os.path.basename(os.path.abspath(workdir))}`", ""]
+  step, total = result["step"], result.get("num_steps", result["step"])
+  if step < total:  # Stopped by train.max_steps_per_run: a part of the run, not its end.
+    lines += [f"Steps: {step} of {total}: this part stopped at train.max_steps_per_run; "
+              "rerun the same command to continue.", ""]
+  else:
+    lines += [f"Steps: {step}", ""]
+  if result.get("skipped_updates"):
+    lines += [f"Skipped updates (non-finite loss or gradient): {result['skipped_updates']}", ""]
+  evals = {k: v for k, v in result.items() if k.startswith("eval/")}
+  if evals:
+    eval_step = result.get("last_eval_step", step)
+    lines += [f"Last evaluation, at step {eval_step}:", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in evals.items()]
+  if latest:
+    lines += ["", f"![reconstructions](samples/{latest[-1]})"]
+  lines += ["", "Scalars: `metrics.jsonl`; TensorBoard: `tensorboard --logdir tb`; "
+            "full evaluation: `python eval.py --workdir <this directory>`."]
+  path = os.path.join(workdir, "report.md")
+  fileio.write_text(path, "\n".join(lines) + "\n")
+  return path
+
+
+def _newest_step_dir(directory: str) -> str:
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+  return os.path.join(directory, str(max(steps))) if steps else "none yet"
+
+
+def print_training_summary(workdir: str, result: dict[str, Any]) -> None:
+  """Prints where the checkpoint, logs and report of a run are (only the checkpoint if it was stopped)."""
+  if jax.process_index() != 0:
+    return
+  # From the result or a listing, not a new CheckpointManager: opening one is a barrier
+  # across processes.
+  checkpoint = result.get("checkpoint") or _newest_step_dir(os.path.join(workdir, "checkpoints"))
+  if result.get("stopped_by_signal"):
+    print(f"checkpoint: {checkpoint}")
+    return
+  report = write_training_report(workdir, result)
+  if result.get("skipped_updates"):
+    print(f"skipped:    {result['skipped_updates']} updates with a non-finite loss or gradient")
+  print(f"checkpoint: {checkpoint}")
+  print(f"logs:       {os.path.join(workdir, 'metrics.jsonl')} "
+        f"(TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')})")
+  print(f"samples:    {os.path.join(workdir, 'samples')}")
+  print(f"report:     {report}")

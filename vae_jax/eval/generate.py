@@ -4,7 +4,6 @@ Every function takes a `vae_jax.inference.Trained`, writes WAVs (Griffin-Lim) an
 spectrogram PNGs into `out_dir`, and returns the paths it wrote.
 """
 
-import json
 import logging
 import os
 import re
@@ -12,11 +11,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vae_jax import audio, latents, metrics, plots
-from vae_jax.data.store import Dataset, load_dataset
+from vae_jax.audio import io as audio_io
+from vae_jax import latents, plots
+from vae_jax.eval import metrics
+from vae_jax.data.store import Dataset
 from vae_jax.errors import DataError, UserError
 from vae_jax.inference import Trained, griffin_lim_batch
-from vae_jax.report_md import to_jsonable
+from vae_jax import fileio
 
 GAP_SECONDS = 0.15  # Silence between the parts of a concatenated WAV.
 
@@ -70,7 +71,7 @@ def reconstruct_files(trained: Trained, paths: Sequence[str], out_dir: str,
   os.makedirs(out_dir, exist_ok=True)
   json_path = os.path.join(out_dir, "metrics.json")
   results, errors = {}, []
-  _write_json(json_path, results)  # A metrics.json of an earlier run must not pass for this one's.
+  fileio.write_json(json_path, results, indent=1)  # A metrics.json of an earlier run must not pass for this one's.
   for path, name in zip(paths, _unique([_stem(p) for p in paths])):
     try:
       results[name] = reconstruct_file(trained, path, name, out_dir, seed)
@@ -79,7 +80,7 @@ def reconstruct_files(trained: Trained, paths: Sequence[str], out_dir: str,
       if on_error is not None:
         on_error(errors[-1])
       continue
-    _write_json(json_path, results)
+    fileio.write_json(json_path, results, indent=1)
     if on_result is not None:
       on_result(name, results[name])
   return results, errors
@@ -106,9 +107,9 @@ def reconstruct_file(trained: Trained, path: str, name: str, out_dir: str, seed:
     recon = trained.reconstruct(log_mel)
     recon_wave, oracle_wave = synthesize(trained, [recon, log_mel], [len(wave)] * 2, seed)
   bad = ~np.isfinite(recon_wave)
-  audio.write_audio(os.path.join(out_dir, f"{name}.recon.wav"), np.where(bad, 0.0, recon_wave),
+  audio_io.write_audio(os.path.join(out_dir, f"{name}.recon.wav"), np.where(bad, 0.0, recon_wave),
                     fc.sample_rate)
-  audio.write_audio(os.path.join(out_dir, f"{name}.oracle.wav"), oracle_wave, fc.sample_rate)
+  audio_io.write_audio(os.path.join(out_dir, f"{name}.oracle.wav"), oracle_wave, fc.sample_rate)
   plots.save_figure(_figure(name, log_mel, recon, fc.frames_per_second),
                     os.path.join(out_dir, f"{name}.png"))
   out = file_metrics(path, wave, log_mel, recon, recon_wave, oracle_wave, fc.sample_rate)
@@ -171,14 +172,6 @@ def _put(out: dict[str, Any], key: str, scored: metrics.Scored) -> None:
     out[f"{key}_missing"] = scored.missing
 
 
-def _write_json(path: str, obj: Any) -> None:
-  """Writes through a temporary file and a rename, so readers never see half a file."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(to_jsonable(obj), f, indent=1)
-  os.replace(tmp, path)
-
-
 class Utterances:
   """Looks up utterances by file path or by corpus name; loads the corpus only when needed."""
 
@@ -189,10 +182,7 @@ class Utterances:
   @property
   def data(self) -> Dataset:
     if self._data is None:
-      config = self.trained.config
-      if self.data_path:
-        config.data.path = self.data_path
-      self._data = load_dataset(config, self.trained.normalizer)
+      self._data = self.trained.dataset(self.data_path)
     return self._data
 
   def log_mel(self, spec: str) -> tuple[str, np.ndarray]:
@@ -234,10 +224,10 @@ def write_samples(trained: Trained, mels: Sequence[np.ndarray], out_dir: str, ti
   paths = []
   for i, wave in enumerate(synthesize(trained, mels, seed=seed)):
     paths.append(os.path.join(out_dir, f"sample_{i:0{width}d}.wav"))
-    audio.write_audio(paths[-1], wave, fc.sample_rate)
+    audio_io.write_audio(paths[-1], wave, fc.sample_rate)
   rows = [{"wav": os.path.basename(p), "seconds": len(m) / fc.frames_per_second, **(info[i] if info else {})}
           for i, (p, m) in enumerate(zip(paths, mels))]
-  _write_json(os.path.join(out_dir, "samples.json"), rows)
+  fileio.write_json(os.path.join(out_dir, "samples.json"), rows, indent=1)
   shown = list(zip(titles, mels))[:MAX_GRID_PANELS]
   fig = plots.spectrogram_grid(shown, fc.frames_per_second, ncols=4)
   paths.append(plots.save_figure(fig, os.path.join(out_dir, "samples.png")))
@@ -257,9 +247,9 @@ def write_interpolation(trained: Trained, a: tuple[str, np.ndarray], b: tuple[st
   out = []
   for i, w in enumerate(waves):
     out.append(os.path.join(out_dir, f"{stem}_{i:02d}.wav"))
-    audio.write_audio(out[-1], w, fc.sample_rate)
+    audio_io.write_audio(out[-1], w, fc.sample_rate)
   out.append(os.path.join(out_dir, f"{stem}.wav"))
-  audio.write_audio(out[-1], concat_audio(waves, fc.sample_rate), fc.sample_rate)
+  audio_io.write_audio(out[-1], concat_audio(waves, fc.sample_rate), fc.sample_rate)
   ts = np.linspace(0.0, 1.0, steps)
   panels = [(f"{name_a} (input)", mel_a)] + [(f"t = {t:.2f}", m) for t, m in zip(ts, mels)]
   panels.append((f"{name_b} (input)", mel_b))
@@ -305,7 +295,7 @@ def write_traversal(trained: Trained, utterance: tuple[str, np.ndarray], kl_per_
     panels += [(f"channel {c} ({kl_per_channel[c]:.2f} nats): {s:+.1f}", m) for s, m in zip(shifts, mels)]
     waves = synthesize(trained, mels, seed=seed)
     out.append(os.path.join(out_dir, f"traverse_{name}_c{int(c):02d}.wav"))
-    audio.write_audio(out[-1], concat_audio(waves, fc.sample_rate), fc.sample_rate)
+    audio_io.write_audio(out[-1], concat_audio(waves, fc.sample_rate), fc.sample_rate)
   fig = plots.spectrogram_grid(panels, fc.frames_per_second, ncols=num_shifts)
   out.append(plots.save_figure(fig, os.path.join(out_dir, f"traverse_{name}.png")))
   return out

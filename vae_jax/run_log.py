@@ -32,7 +32,7 @@ def _ends_mid_line(path: str) -> bool:
     return f.read(1) != b"\n"
 
 
-class MetricWriter:
+class RunLog:
   """Writes `metrics.jsonl` and TensorBoard events under a workdir; a no-op when disabled."""
 
   def __init__(self, workdir: str, enabled: bool = True):

@@ -10,9 +10,11 @@ import time
 import jax
 import numpy as np
 
-from vae_jax import evaluate, generate, losses
+from vae_jax.eval import bounds, generate
+from vae_jax import losses
 from vae_jax.errors import DataError, UserError
 from vae_jax.inference import load_trained
+from vae_jax import fileio
 
 log = logging.getLogger("vae_jax")
 
@@ -102,7 +104,7 @@ def _out(o: EvalOptions, mode: str) -> str:
 
 
 def _report(o: EvalOptions, trained, prior) -> None:
-  from vae_jax import report, report_md  # pylint: disable=g-import-not-at-top
+  from vae_jax.eval import report, render  # pylint: disable=g-import-not-at-top
 
   r = report.evaluate_workdir(trained.workdir, baseline_workdir=o.baseline_workdir,
                               num_samples=o.iwae_samples, audio_metrics=o.audio_metrics,
@@ -111,8 +113,8 @@ def _report(o: EvalOptions, trained, prior) -> None:
   if prior is not None:
     m, r.sections = _generation(o, prior)
     r.metrics.update(m)
-  paths = report_md.write_report(r, o.report_dir or report.default_dir(o.workdir))
-  print(report_md.summary_table(r.metrics))
+  paths = render.write_report(r, o.report_dir or report.default_dir(o.workdir))
+  print(render.summary_table(r.metrics))
   if prior is not None:
     print("\n".join(r.sections))
   print(f"report:  {paths['report']}")
@@ -130,15 +132,12 @@ def _generation(o: EvalOptions, prior):
 
 def _generation_only(o: EvalOptions, prior) -> None:
   """--sample_quality: the generation section alone, as generation.md and generation.json."""
-  from vae_jax.report_md import to_jsonable  # pylint: disable=g-import-not-at-top
-
   m, lines = _generation(o, prior)
   out = o.report_dir or os.path.join(o.workdir, "eval")
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "generation.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(out, "generation.json"), "w") as f:
-    json.dump(to_jsonable({"workdir": prior.workdir, "step": prior.step, **m}), f, indent=1)
+  fileio.write_text(os.path.join(out, "generation.md"), "\n".join(lines) + "\n")
+  fileio.write_json(os.path.join(out, "generation.json"),
+                    {"workdir": prior.workdir, "step": prior.step, **m}, indent=1)
   print("\n".join(lines))
   print(f"generation report: {os.path.join(out, 'generation.md')}")
 
@@ -237,7 +236,7 @@ def _kl_per_channel(o: EvalOptions, trained, utterances: generate.Utterances,
     log.warning("%s: channels ranked by the KL of the traversed utterance alone", e)
     mean, logvar = trained.encode(log_mel_TxF)
     return np.asarray(losses.kl_diag_gaussian(mean, logvar)).mean(0)
-  p = evaluate.run_split(trained, test, jax.random.key(o.seed), decode=False,
+  p = bounds.run_split(trained, test, jax.random.key(o.seed), decode=False,
                          batch_size=trained.config.eval.batch_size,
                          length_multiple=trained.length_multiple)
-  return evaluate.latent_metrics(p)["eval/kl_per_channel"]
+  return bounds.latent_metrics(p)["eval/kl_per_channel"]

@@ -1,6 +1,6 @@
 """Log-mel analysis and Griffin-Lim re-synthesis in JAX.
 
-A jittable, batched mirror of the librosa front end in `vae_jax.features`:
+A jittable, batched mirror of the librosa front end in `vae_jax.audio.features`:
 `stft`/`istft` follow librosa (centred frames with zero padding, window padded
 to n_fft, window-sum-square normalisation), `log_mel` is ln(max(M, log_floor))
 with the same Slaney filterbank, and `griffin_lim` is librosa's fast
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import librosa
 import numpy as np
 
-from vae_jax.features import FeatureConfig, mel_filterbank
+from vae_jax.audio.features import FeatureConfig, mel_filterbank
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # librosa guards the window-sum division and the phase normalisation with the
@@ -136,7 +136,7 @@ def mel_amplitude(wave_BxN: jax.Array, fc: FeatureConfig) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("fc",))
 def log_mel(wave_BxN: jax.Array, fc: FeatureConfig) -> jax.Array:
-  """Log-mel features [..., T, n_mels], as `vae_jax.features.log_mel`."""
+  """Log-mel features [..., T, n_mels], as `vae_jax.audio.features.log_mel`."""
   return jnp.log(jnp.maximum(mel_amplitude(wave_BxN, fc), fc.log_floor))
 
 
