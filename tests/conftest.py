@@ -34,15 +34,20 @@ def fsdd_path() -> pathlib.Path | None:
   return None
 
 
-def smoke_config(cache: pathlib.Path, overrides: dict):
-  """configs/smoke.py with its feature cache in `cache` and dotted `section.field` overrides."""
+def smoke_config(cache: pathlib.Path | None = None, overrides: dict | None = None):
+  """configs/smoke.py without a progress bar, its feature cache in `cache`, with dotted overrides."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
 
   c = smoke.get_config()
-  c.data.cache_dir = str(cache)
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
+  c.train.progress_bar = False
+  if cache is not None:
+    c.data.cache_dir = str(cache)
+  for key, value in (overrides or {}).items():
+    *parents, field = key.split(".")
+    node = c
+    for name in parents:
+      node = node[name]
+    node[field] = value
   return c
 
 

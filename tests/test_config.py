@@ -40,13 +40,6 @@ def _refused(config, field: str, *fragments: str) -> str:
   return message
 
 
-def test_the_shipped_configs_are_valid():
-  for name in ("default", "smoke", "fsdd", "mlp", "fsdd_ae", "synthetic"):
-    path = REPO / "configs" / f"{name}.py"
-    if path.exists():
-      load_config(str(path))
-
-
 @pytest.mark.parametrize("field,value,fragment", [
     ("train__batch_size", 0, "positive integer"),
     ("train__batch_size", -8, "positive integer"),

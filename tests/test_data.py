@@ -244,7 +244,12 @@ def test_hash_split_is_stable_and_near_the_fraction():
   names = [f"d{i % 7}/f{i}.wav" for i in range(20000)]
   test = sum(hash_split(n, 0.1) == "test" for n in names)
   assert 1800 < test < 2200
-  assert [hash_split(n, 0.1) for n in names[:50]] == [hash_split(n, 0.1) for n in names[:50]]
+  # Recorded assignments: a change would move utterances between the splits of every
+  # existing run (and its cached features); if it is intended, say so and re-record.
+  recorded = [2, 3, 17, 18, 22, 28, 49, 50, 51, 52, 54, 60, 70, 79, 101, 114, 119, 122, 145, 164,
+              167, 169, 175, 199]
+  assert [i for i, n in enumerate(names[:200]) if hash_split(n, 0.1) == "test"] == recorded, (
+      "hash_split assignments changed")
   assert all(hash_split(n, 0.2) == "test" for n in names[:200] if hash_split(n, 0.1) == "test")
 
 

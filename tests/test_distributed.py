@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import smoke
+from tests.conftest import smoke_config
 from vae_jax import distributed, train
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.errors import ConfigError
@@ -27,15 +27,9 @@ def _free_port() -> int:
 
 
 def _config(tmp_path, **train_overrides):
-  c = smoke.get_config()
-  c.data.cache_dir = str(tmp_path / "cache")
-  c.train.progress_bar = False
-  c.train.num_steps = STEPS
-  c.train.eval_every = STEPS
-  c.train.checkpoint_every = STEPS
-  c.eval.num_audio_examples = 0
-  for k, v in train_overrides.items():
-    c.train[k] = v
+  c = smoke_config(tmp_path / "cache", {
+      "train.num_steps": STEPS, "train.eval_every": STEPS, "train.checkpoint_every": STEPS,
+      "eval.num_audio_examples": 0, **{f"train.{k}": v for k, v in train_overrides.items()}})
   return c
 
 

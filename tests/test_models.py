@@ -5,21 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import smoke
+from tests.conftest import smoke_config
 from vae_jax.models import build_model, time_stride
 from vae_jax.models.layers import conv1d, resolve_conv_impl
 from vae_jax.models.vae import VAE
-
-
-def _config(**overrides):
-  c = smoke.get_config()
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
 
 
 class _Jitted:
@@ -64,7 +53,7 @@ def test_matmul_conv_is_a_convolution():
 
 @pytest.mark.parametrize("name", ["conv", "mlp"])
 def test_shapes_and_dtypes(name):
-  c = _config(model__name=name)
+  c = smoke_config(overrides={"model.name": name})
   model, params, mel, mask = _init(c)
   mean, logvar, mask_z = model.apply({"params": params}, mel, mask, method=VAE.encode)
   tz = 32 // time_stride(c)
@@ -80,8 +69,8 @@ def test_shapes_and_dtypes(name):
 
 
 def test_conv_model_impls_give_same_outputs_for_same_params():
-  model_l, params, mel, mask = _init(_config(model__conv_impl="lax"))
-  model_m = _Jitted(build_model(_config(model__conv_impl="matmul")))
+  model_l, params, mel, mask = _init(smoke_config(overrides={"model.conv_impl": "lax"}))
+  model_m = _Jitted(build_model(smoke_config(overrides={"model.conv_impl": "matmul"})))
   a = model_l.apply({"params": params}, mel, mask, jax.random.key(5))
   b = model_m.apply({"params": params}, mel, mask, jax.random.key(5))
   for k in ("nll", "kl"):
@@ -89,14 +78,14 @@ def test_conv_model_impls_give_same_outputs_for_same_params():
 
 
 def test_bfloat16_compute_keeps_float32_params():
-  model, params, mel, mask = _init(_config(model__dtype="bfloat16"))
+  model, params, mel, mask = _init(smoke_config(overrides={"model.dtype": "bfloat16"}))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   terms = model.apply({"params": params}, mel, mask, jax.random.key(3))
   assert terms["nll"].dtype == jnp.float32 and np.all(np.isfinite(terms["nll"]))
 
 
 def test_deterministic_for_a_key_and_random_across_keys():
-  model, params, mel, mask = _init(_config())
+  model, params, mel, mask = _init(smoke_config())
   a = model.apply({"params": params}, mel, mask, jax.random.key(7))
   b = model.apply({"params": params}, mel, mask, jax.random.key(7))
   c = model.apply({"params": params}, mel, mask, jax.random.key(8))
@@ -105,7 +94,7 @@ def test_deterministic_for_a_key_and_random_across_keys():
 
 
 def test_deterministic_encoder_ignores_the_key_and_has_no_kl():
-  model, params, mel, mask = _init(_config(model__deterministic=True))
+  model, params, mel, mask = _init(smoke_config(overrides={"model.deterministic": True}))
   a = model.apply({"params": params}, mel, mask, jax.random.key(7))
   b = model.apply({"params": params}, mel, mask, jax.random.key(8))
   np.testing.assert_array_equal(a["nll"], b["nll"])
@@ -114,7 +103,7 @@ def test_deterministic_encoder_ignores_the_key_and_has_no_kl():
 
 def test_padding_does_not_change_valid_frames():
   """An utterance gives the same terms alone and padded with garbage (masked) frames."""
-  c = _config()
+  c = smoke_config()
   model, params, _, _ = _init(c)
   x = jax.random.normal(jax.random.key(4), (1, 20, c.features.n_mels))
   short_mask = jnp.ones((1, 20))

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import smoke
+from tests.conftest import smoke_config
 from vae_jax import checkpoints, train
 from vae_jax.checkpoints import INTEGRITY_FILE, Checkpointer
 from vae_jax.data.loader import LoaderState, TrainLoader
@@ -252,19 +252,11 @@ def test_best_checkpoint_is_kept_and_reported(tmp_path):
 
 
 def _config(tmp_path, **train_fields):
-  c = smoke.get_config()
-  c.data.cache_dir = str(tmp_path / "cache")
-  c.train.progress_bar = False
-  c.model.blocks_per_stage = 0  # A slimmer model: these runs are about the loop, not the model.
-  c.train.num_steps = 8
-  c.train.checkpoint_every = 2
-  c.train.log_every = 1
-  c.train.eval_every = 1000
-  c.eval.num_audio_examples = 0
-  c.eval.max_utterances = 8
-  for k, v in train_fields.items():
-    c.train[k] = v
-  return c
+  # A slimmer model (no residual blocks): these runs are about the loop, not the model.
+  return smoke_config(tmp_path / "cache", {
+      "model.blocks_per_stage": 0, "train.num_steps": 8, "train.checkpoint_every": 2,
+      "train.log_every": 1, "train.eval_every": 1000, "eval.num_audio_examples": 0,
+      "eval.max_utterances": 8, **{f"train.{k}": v for k, v in train_fields.items()}})
 
 
 def _poison(monkeypatch, steps: set[int]) -> None:
@@ -347,10 +339,14 @@ def test_nonfinite_updates_are_skipped_counted_and_carried_over_a_resume(tmp_pat
     np.testing.assert_array_equal(x, y)
   assert any(not np.array_equal(y, z) for y, z in zip(jax.tree.leaves(params[3]), jax.tree.leaves(params[4])))
   capsys.readouterr()
+  render.print_training_summary(workdir, first)
+  partial = (pathlib.Path(workdir) / "report.md").read_text()
+  assert "Steps: 5 of 8: this part stopped at train.max_steps_per_run" in partial, partial
   render.print_training_summary(workdir, second)
   assert "skipped:    2 updates" in capsys.readouterr().out
   report = (pathlib.Path(workdir) / "report.md").read_text()
   assert "Skipped updates (non-finite loss or gradient): 2" in report
+  assert "Steps: 8\n" in report and "Last evaluation, at step 8:" in report, report
 
 
 @pytest.mark.slow

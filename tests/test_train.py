@@ -10,26 +10,16 @@ import jax
 import numpy as np
 import pytest
 
-from configs import smoke
+from tests.conftest import smoke_config
 from vae_jax import train
 from vae_jax.checkpoints import Checkpointer
+from vae_jax.data.loader import LoaderState, TrainLoader
+from vae_jax.data.store import load_dataset
+from vae_jax.state import make_optimizer
 from vae_jax.models import build_model
 from vae_jax.parallel import DataParallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config(tmp_path, **overrides):
-  c = smoke.get_config()
-  c.data.cache_dir = str(tmp_path / "cache")
-  c.train.progress_bar = False
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
 
 
 def _batch(c, devices: int, per_device: int, seed: int = 0):
@@ -50,7 +40,7 @@ def _setup(c):
 
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_data_parallel_equals_single_device(tmp_path, mode):
-  c = _config(tmp_path)
+  c = smoke_config(tmp_path / "cache")
   _, state0, step = _setup(c)
   key = jax.random.key(3)
   batches = [_batch(c, 4, 2, seed=i) for i in range(3)]
@@ -70,7 +60,7 @@ def test_data_parallel_equals_single_device(tmp_path, mode):
 
 
 def test_step_compiles_once(tmp_path):
-  c = _config(tmp_path)
+  c = smoke_config(tmp_path / "cache")
   _, state, step = _setup(c)
   dp = DataParallel(step, jax.local_devices()[:2], "pmap")
   state = dp.put_state(state)
@@ -89,7 +79,7 @@ def test_step_compiles_once(tmp_path):
 
 
 def test_nonfinite_batch_does_not_update(tmp_path):
-  c = _config(tmp_path)
+  c = smoke_config(tmp_path / "cache")
   _, state, step = _setup(c)
   b = _batch(c, 1, 4)
   b["mel"][0, 1, 3, 5] = np.nan
@@ -108,7 +98,7 @@ GOLDEN_FIRST_LOSS = 53.65156
 
 
 def test_golden_first_step(tmp_path):
-  c = _config(tmp_path)
+  c = smoke_config(tmp_path / "cache")
   _, state, step = _setup(c)
   flat = jax.tree.map(lambda x: x[0], _batch(c, 1, 8))
   _, m = jax.jit(step)(state, flat, jax.random.key(0))
@@ -116,14 +106,6 @@ def test_golden_first_step(tmp_path):
   np.testing.assert_allclose(float(m["train/loss"]), GOLDEN_FIRST_LOSS, rtol=1e-4, err_msg=(
       "first-step loss changed: update GOLDEN_FIRST_LOSS only if the model, init, loss or "
       "key derivation was changed on purpose"))
-
-
-def _final_params(workdir):
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), create=False)
-  step = ckpt.latest_step()
-  meta = ckpt.restore_meta(step)
-  ckpt.close()
-  return step, meta
 
 
 def _restore_params(c, workdir):
@@ -136,7 +118,7 @@ def _restore_params(c, workdir):
 
 
 def test_resume_gives_the_same_parameters(tmp_path):
-  c = _config(tmp_path)
+  c = smoke_config(tmp_path / "cache")
   once = str(tmp_path / "once")
   train.train_and_evaluate(c, once)
   twice = str(tmp_path / "twice")
@@ -154,7 +136,7 @@ def test_resume_gives_the_same_parameters(tmp_path):
 
 
 def test_resume_on_a_different_device_count(tmp_path):
-  c = _config(tmp_path, train__num_devices=4)
+  c = smoke_config(tmp_path / "cache", {"train.num_devices": 4})
   once = str(tmp_path / "once")
   train.train_and_evaluate(c, once)
   twice = str(tmp_path / "twice")
@@ -199,3 +181,39 @@ def test_bad_override_is_one_line(tmp_path):
   assert "Traceback" not in out.stderr
   assert out.stderr.strip() == ("error: unknown config field 'train.batch_sise' "
                                 "(did you mean train.batch_size?)"), out.stderr
+
+
+def test_logged_learning_rate_is_the_applied_one_after_skipped_updates(tmp_path):
+  # A skipped update reverts the optimiser state (its count) while the step advances: the
+  # rate logged for the next update must be the one the optimiser applies, schedule(count).
+  c = smoke_config(tmp_path / "cache", {"optim.warmup_steps": 10})
+  _, state, _ = _setup(c)
+  grads = jax.tree.map(jax.numpy.ones_like, state.params)
+  nan_grads = jax.tree.map(lambda g: g * np.nan, grads)
+  _, schedule = make_optimizer(c)
+  state, m0 = train.apply_update(state, nan_grads, jax.numpy.float32(np.nan), c)
+  state, m1 = train.apply_update(state, grads, jax.numpy.float32(1.0), c)
+  assert not bool(m0["train/finite"]) and bool(m1["train/finite"]) and int(state.step) == 2
+  assert float(m1["train/learning_rate"]) == float(schedule(0)) != float(schedule(1)), (
+      "the logged rate ran ahead of the optimiser's count")
+
+
+def test_throughput_counts_valid_frames_not_padding(tmp_path):
+  # Crops longer than most utterances are mostly padding: frames_per_sec must count the
+  # frames of the batch's mask, not batch_size * segment_frames.
+  steps = 3
+  c = smoke_config(tmp_path / "cache", {
+      "data.segment_frames": 512, "train.num_steps": steps, "train.log_every": 1,
+      "train.eval_every": 1000, "train.checkpoint_every": 1000, "eval.num_audio_examples": 0})
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  per_step = [r["train/frames_per_sec"] / r["train/steps_per_sec"] for r in rows if "train/steps_per_sec" in r]
+  data = load_dataset(c)
+  loader = TrainLoader(data.train, data.normalizer, global_batch=c.train.batch_size, num_local_devices=1,
+                       segment_frames=c.data.segment_frames, seed=c.seed)
+  state, valid = LoaderState(), []
+  for _ in range(steps):
+    valid.append(float(loader.batch_at(state)["mask"].sum()))
+    state = loader.advance(state)
+  np.testing.assert_allclose(per_step, valid, rtol=1e-6)
+  assert max(valid) < 0.9 * c.train.batch_size * c.data.segment_frames, "the crops were not padded"
