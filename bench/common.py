@@ -106,7 +106,7 @@ class Context:
     return self._dataset
 
   def train_batches(self, n: int, num_devices: int = 1) -> list[dict[str, np.ndarray]]:
-    """The first `n` training batches of the real loader, shaped for `num_devices` devices."""
+    """The first `n` training batches of the real loader (flat [B, ...]; checked to divide over `num_devices`)."""
     data, c = self.dataset(), self.config
     loader = TrainLoader(data.train, data.normalizer, global_batch=c.train.batch_size,
                          num_local_devices=num_devices, segment_frames=c.data.segment_frames,

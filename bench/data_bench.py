@@ -11,12 +11,13 @@ import numpy as np
 from bench import timing
 from bench.common import Context
 from bench.train_bench import with_overrides
-from vae_jax.audio import io as audio_io, spectral
 from vae_jax import train
+from vae_jax.audio import io as audio_io
+from vae_jax.audio import spectral
+from vae_jax.audio.features import FeatureConfig
 from vae_jax.data.corpora import build_corpus
 from vae_jax.data.loader import TrainLoader
 from vae_jax.data.store import load_dataset
-from vae_jax.audio.features import FeatureConfig
 from vae_jax.models import build_model
 from vae_jax.parallel import DataParallel
 

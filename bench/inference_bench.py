@@ -8,7 +8,8 @@ import numpy as np
 
 from bench import timing
 from bench.common import Context
-from vae_jax.audio import io as audio_io, spectral
+from vae_jax.audio import io as audio_io
+from vae_jax.audio import spectral
 from vae_jax.audio.features import FeatureConfig
 from vae_jax.models import build_model
 from vae_jax.models.vae import VAE

@@ -82,7 +82,7 @@ def jax_profile(config, batch: dict[str, np.ndarray], steps: int = 3) -> dict[st
   model = build_model(config)
   state = train.create_train_state(config, model, jax.random.key(0))
   jitted = jax.jit(functools.partial(train.train_step, model=model, config=config), donate_argnums=(0,))
-  b, key = jax.tree.map(lambda x: jax.device_put(x[0]), batch), jax.random.key(1)
+  b, key = jax.tree.map(jax.device_put, batch), jax.random.key(1)
   compiled = jitted.lower(state, b, key).compile()
   instrs = parse_hlo(compiled.as_text())
   holder = [state]

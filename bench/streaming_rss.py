@@ -51,10 +51,12 @@ def write_corpus(root: str, size_mb: float, frames: tuple[int, int], files_per_s
                  seed: int) -> dict:
   """Placeholder audio files and random feature shards that `load_dataset` takes as extracted."""
   import dataclasses  # pylint: disable=g-import-not-at-top
+
   import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from vae_jax.audio.features import FeatureConfig  # pylint: disable=g-import-not-at-top
   from vae_jax.data import store  # pylint: disable=g-import-not-at-top
   from vae_jax.data.corpora import build_corpus  # pylint: disable=g-import-not-at-top
-  from vae_jax.audio.features import FeatureConfig  # pylint: disable=g-import-not-at-top
 
   audio_dir, cache_dir = os.path.join(root, "audio"), os.path.join(root, "cache")
   os.makedirs(audio_dir)
@@ -89,6 +91,7 @@ def write_corpus(root: str, size_mb: float, frames: tuple[int, int], files_per_s
 def _memory_mapped(rows):
   """The same shard rows, served from memory maps instead of positional reads."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from vae_jax.data import stream  # pylint: disable=g-import-not-at-top
 
   class MappedRows(stream.ShardRows):
@@ -129,6 +132,7 @@ def child(args) -> None:
 
 def _imports_only() -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from vae_jax.audio.features import FeatureConfig  # pylint: disable=g-import-not-at-top
 
   # Validating the feature config loads scipy.signal, which every real run does too.
@@ -139,9 +143,10 @@ def _imports_only() -> dict:
 def _train_batches(args) -> dict:
   """load_dataset (and the normaliser fit), then `args.batches` training batches."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from vae_jax.audio.features import Normalizer  # pylint: disable=g-import-not-at-top
   from vae_jax.data import store  # pylint: disable=g-import-not-at-top
   from vae_jax.data.loader import TrainLoader  # pylint: disable=g-import-not-at-top
-  from vae_jax.audio.features import Normalizer  # pylint: disable=g-import-not-at-top
 
   t0 = time.perf_counter()
   store.FILES_PER_SHARD = args.files_per_shard

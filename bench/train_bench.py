@@ -66,7 +66,7 @@ def jax_step_runner(config: ml_collections.ConfigDict, batches: list[dict[str, n
   step i runs, as in the training loop.
 
   `parallel` is "pmap" or "shard_map" (the DataParallel wrappers the loop uses) or
-  "jit" (the bare per-device step, batches without their device axis).
+  "jit" (the bare per-device step on the loader's flat batch).
   """
   model = build_model(config)
   state = train.create_train_state(config, model, jax.random.key(config.seed))
@@ -74,7 +74,7 @@ def jax_step_runner(config: ml_collections.ConfigDict, batches: list[dict[str, n
   key = jax.random.key(1)
   if parallel == "jit":
     jitted = jax.jit(step_fn, donate_argnums=(0,) if donate else ())
-    step, put = jitted, lambda b: jax.tree.map(lambda x: x[0], b)
+    step, put = jitted, lambda b: b
   else:
     dp = DataParallel(step_fn, devices or jax.local_devices()[:1], parallel, donate=donate)
     state, step, put = dp.put_state(state), dp, dp.put_batch
@@ -104,8 +104,8 @@ def torch_step_runner(config: ml_collections.ConfigDict, batches: list[dict[str,
   trainer = TwinTrainer(config, seed=config.seed)
   if compiled:
     trainer.model = torch.compile(trainer.model)
-  tensors = [(torch.from_numpy(np.ascontiguousarray(b["mel"][0])),
-              torch.from_numpy(np.ascontiguousarray(b["mask"][0]))) for b in batches]
+  tensors = [(torch.from_numpy(np.ascontiguousarray(b["mel"])),
+              torch.from_numpy(np.ascontiguousarray(b["mask"]))) for b in batches]
   holder = {"i": 0}
 
   def run(n: int = 1) -> float:
@@ -124,7 +124,8 @@ def torch_step_runner(config: ml_collections.ConfigDict, batches: list[dict[str,
 
 
 def torch_num_params(config: ml_collections.ConfigDict) -> int:
-  from bench.torch_twin import build_twin, num_params as twin_params  # pylint: disable=g-import-not-at-top
+  from bench.torch_twin import build_twin  # pylint: disable=g-import-not-at-top
+  from bench.torch_twin import num_params as twin_params
 
   return twin_params(build_twin(config))
 

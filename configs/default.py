@@ -20,7 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the base config."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # One base PRNG key per run; data order, init and sampling all derive from it.
-  c.kind = "vae"  # What train.py trains: "vae", or "prior" (a latent prior over a trained VAE run).
+  # What train.py trains: "vae", "prior" (a latent prior over a trained VAE run) or "adversarial"
+  # (adversarial fine-tuning of a trained VAE run's decoder).
+  c.kind = "vae"
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "synthetic"  # "synthetic" (generated, no download), "fsdd" or "folder".
@@ -28,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.cache_dir = ""  # Feature/corpus cache; "" means $VAE_JAX_CACHE or ~/.cache/vae-jax.
   c.data.segment_frames = 64  # Training crop length in mel frames (shorter clips are padded and masked).
   c.data.test_fraction = 0.1  # "folder" corpora: share of files hashed into the test split.
+  c.data.speaker_level = 1  # "folder" corpora: the speaker is the directory this many levels up (LibriSpeech: 2).
   c.data.num_workers = 0  # Feature-extraction processes; 0 means one per CPU core.
   c.data.prefetch = 4  # Batches prepared ahead of the train step by a background thread.
   c.data.max_memory_mb = 2048  # A split whose float32 features exceed this many MiB streams from disk.
@@ -80,7 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 4000  # Optimiser steps (the learning-rate schedule spans them).
   c.train.max_steps_per_run = 0  # Stop this invocation after so many steps (0: no limit); rerun to resume.
   c.train.batch_size = 16  # Global batch (all devices of all processes).
-  c.train.parallel = "pmap"  # "pmap" or "shard_map" (jit over a 1-D device mesh); same step function.
+  c.train.parallel = "shard_map"  # "shard_map" (jit over a 1-D mesh of every device) or "pmap"; same step function.
+  c.train.stop_check_every = 10  # Multi-process runs: steps between the processes' agreement on a stop signal.
   c.train.num_devices = 0  # Local devices to use; 0 means all.
   c.train.log_every = 50  # Steps between scalar logs.
   c.train.eval_every = 1000  # Steps between held-out evaluations (and the final step).
@@ -107,6 +111,25 @@ def get_config() -> ml_collections.ConfigDict:
   c.prior.guidance = 1.0  # Default classifier-free guidance scale for sampling (0: unconditional).
   c.prior.temperature = 1.0  # Default sampling temperature (scales every mixture component's std).
   c.prior.eval_samples = 4  # Posterior draws per test utterance for the learned prior's eval KL.
+
+  # kind = "adversarial" (configs/fsdd_adversarial.py): a RAVE-style second phase over a trained
+  # VAE run, whose parameters are copied at start (that run is never changed). The encoder stays
+  # frozen; the decoder and the likelihood scale train against a multi-scale discriminator on
+  # normalised log-mel patches, beside the VAE's reconstruction NLL. The model and features
+  # sections must equal the VAE run's (import its config); optim applies to the decoder.
+  c.adversarial = ml_collections.ConfigDict()
+  c.adversarial.vae_workdir = ""  # The trained VAE run to start from (never changed).
+  c.adversarial.vae_step = 0  # That run's checkpoint step (0: its latest).
+  c.adversarial.loss = "hinge"  # GAN loss: "hinge" or "lsgan" (least squares).
+  # With the mean, train/nll is that of the mean's decoding (the ELBO's term uses draws z ~ q(z | x)).
+  c.adversarial.decode_mean = False  # Decode the posterior mean (as reconstructions and eval.py do), not a draw.
+  c.adversarial.nll_weight = 1.0  # Weight of the reconstruction NLL (nats per mel frame, as train/nll).
+  c.adversarial.adv_weight = 1.0  # Weight of the decoder's adversarial loss (mean over scales and patches).
+  c.adversarial.feature_matching_weight = 1.0  # Weight of the L1 between discriminator features (real vs decoded).
+  c.adversarial.disc_channels = (16, 16, 32)  # Conv widths per scale; each layer after the first halves time and mel.
+  c.adversarial.disc_kernel = 3  # 2-D (time x mel bin) kernel size of the discriminator's convs (odd).
+  c.adversarial.disc_scales = (1, 2, 4)  # Time pooling of each scale's input (1: every frame); one conv stack each.
+  c.adversarial.disc_learning_rate = 1e-4  # Peak learning rate of the discriminator (optim's schedule and betas).
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 32  # Utterances per evaluation batch.

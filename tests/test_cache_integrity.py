@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from vae_jax import fileio
+from vae_jax.audio.features import FeatureConfig
 from vae_jax.config import load_config
 from vae_jax.data import store, stream
 from vae_jax.data.corpora import build_corpus
 from vae_jax.data.store import extract_features, load_dataset
 from vae_jax.errors import DataError
-from vae_jax.audio.features import FeatureConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(REPO_ROOT / "configs" / "smoke.py")

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -88,6 +90,43 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path, parallel):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     logged = [json.loads(line)["step"] for line in f if '"train/loss"' in line]
   assert logged == [STEPS], f"one writer logs each interval once, got steps {logged}"
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_with_one_checkpoint(tmp_path):
+  workdir, port, every, steps = tmp_path / "run", _free_port(), 4, 5000
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+             "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
+  procs, logs = [], [tmp_path / f"p{pid}.log" for pid in range(2)]
+  try:
+    for pid in range(2):
+      cmd = [sys.executable, "train.py", "--config=configs/smoke.py", f"--workdir={workdir}",
+             f"--config.data.cache_dir={tmp_path / 'cache'}", f"--config.train.num_steps={steps}",
+             "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000",
+             "--config.train.log_every=1", f"--config.train.stop_check_every={every}",
+             "--config.eval.num_audio_examples=0", "--config.train.progress_bar=false",
+             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={pid}"]
+      with open(logs[pid], "w") as out:
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 300
+    while "step 3/" not in logs[0].read_text():  # Both are training: the steps are collectives.
+      assert time.monotonic() < deadline and procs[0].poll() is None, logs[0].read_text()[-3000:]
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)  # Only the second process is told.
+    codes = [p.wait(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  text = [log.read_text() for log in logs]
+  assert codes == [0, 0], text[0][-2000:] + text[1][-2000:]
+  steps_saved = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert len(steps_saved) == 1, f"one checkpoint, saved by both together: {steps_saved}"
+  (saved,) = steps_saved
+  assert saved < steps and saved % every == 0, "the processes agree at stop-check steps"
+  assert f"received SIGTERM: saved a checkpoint at step {saved}" in text[1]
+  assert f"received a stop signal on another process: saved a checkpoint at step {saved}" in text[0]
 
 
 def test_batch_must_divide_over_all_processes(monkeypatch, tmp_path):

@@ -7,15 +7,18 @@ import shutil
 import jax
 import numpy as np
 import pytest
+import soundfile as sf
 
-from vae_jax.eval import bounds, cli as eval_cli, report, render
+from tests.conftest import smoke_config
+from vae_jax import latents
+from vae_jax.audio.features import FeatureConfig, Normalizer
 from vae_jax.data.store import Split, load_dataset
 from vae_jax.errors import CheckpointError
-from vae_jax.rng import utterance_keys
-from vae_jax.audio.features import FeatureConfig, Normalizer
+from vae_jax.eval import bounds, generate, render, report
+from vae_jax.eval import cli as eval_cli
 from vae_jax.inference import Trained, load_trained
 from vae_jax.models import build_model
-from tests.conftest import smoke_config
+from vae_jax.rng import utterance_keys
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +187,26 @@ def test_iwae_climbs_from_the_elbo_towards_the_closed_form_log_likelihood():
   assert truth - iwae[512] < 0.5 * (truth - elbo), "512 samples should close most of the gap"
 
 
+def test_the_audio_a_run_writes_is_what_eval_writes_for_its_checkpoint(smoke_workdir, trained, data):
+  # Training writes its reconstructions through the same jitted path eval.py loads a
+  # checkpoint into; the last eval step's WAV must be that checkpoint's re-synthesis.
+  name = data.test.names[0].replace(os.sep, "_")
+  written, sr = sf.read(smoke_workdir / "samples" / f"step{trained.step:07d}_{name}.recon.wav")
+  again = trained.to_audio(trained.reconstruct(np.asarray(data.test.utterance(0))))
+  assert sr == trained.feature_config.sample_rate and len(written) == len(again)
+  np.testing.assert_allclose(written, np.clip(again, -1, 1), atol=1.5 / 2**15)  # 16-bit PCM.
+
+
+def test_a_moved_corpus_is_read_without_changing_the_run_s_config(trained):
+  before = trained.config.to_json()
+  moved = trained.config_for_corpus("/corpus/moved/here")
+  assert moved.data.path == "/corpus/moved/here"
+  assert trained.config.to_json() == before
+  # The synthetic corpus ignores data.path: the data load but the run's config is untouched.
+  assert len(generate.Utterances(trained, "/corpus/moved/here").data.test) > 0
+  assert trained.config.to_json() == before
+
+
 def test_report_for_the_smoke_workdir(smoke_workdir, tmp_path):
   # The workdir stands in for its own deterministic baseline: same features, every code path.
   r = report.evaluate_workdir(str(smoke_workdir), num_samples=4, baseline_workdir=str(smoke_workdir))
@@ -192,7 +215,7 @@ def test_report_for_the_smoke_workdir(smoke_workdir, tmp_path):
     m = json.load(f)
   for key in ("eval/neg_elbo", "eval/nll", "eval/kl", "eval/neg_elbo_per_bin", "eval/neg_iwae",
               "eval/neg_elbo_logmel", "eval/kl_per_channel", "eval/active_units",
-              "eval/vae/logmel_mse", "eval/vae/logmel_l1", "eval/vae/lsd_db", "eval/vae/mcd_db",
+              "eval/vae/logmel_mse", "eval/vae/logmel_l1", "eval/vae/mel_lsd_db", "eval/vae/logmel_cd_db",
               "eval/pca/logmel_mse", "eval/pca/ppca_nll", "eval/oracle/stoi_concat",
               "eval/vae/stoi_concat", "eval/vae/stoi_clips_scored", "eval/oracle/pesq_clip_mean",
               "eval/vae/pesq_clip_mean", "eval/vae/stoi_gap_to_oracle", "eval/vae/pesq_gap_to_oracle",
@@ -213,7 +236,7 @@ def test_report_for_the_smoke_workdir(smoke_workdir, tmp_path):
 
 
 def test_generation_modes_write_their_files(smoke_workdir, data, tmp_path, capsys):
-  a, b = data.test.paths[0], data.test.paths[1]
+  a = data.test.paths[0]
   out = tmp_path / "gen"
   status = eval_cli.run(eval_cli.EvalOptions(
       workdir=str(smoke_workdir), out=str(out), sample=2, seconds=0.5, interpolate=(a, data.test.names[1]),
@@ -229,8 +252,6 @@ def test_generation_modes_write_their_files(smoke_workdir, data, tmp_path, capsy
 
 
 def test_interpolation_ends_at_the_shorter_utterances_reconstruction(trained, data):
-  from vae_jax.eval import generate  # pylint: disable=g-import-not-at-top
-
   short, long = sorted((np.asarray(data.test.utterance(i)) for i in range(2)), key=len)
   for method in ("lerp", "slerp"):
     path_z, mels = generate.interpolation(trained, long, short, 3, method)
@@ -240,9 +261,6 @@ def test_interpolation_ends_at_the_shorter_utterances_reconstruction(trained, da
 
 
 def test_interpolation_endpoints_decode_to_the_reconstructions(trained, data, tmp_path):
-  from vae_jax.eval import generate  # pylint: disable=g-import-not-at-top
-  from vae_jax import latents  # pylint: disable=g-import-not-at-top
-
   mel = np.asarray(data.test.utterance(0))
   other = np.asarray(data.test.utterance(1))
   za, zb = latents.align(trained.encode(mel)[0], trained.encode(other)[0], "crop")

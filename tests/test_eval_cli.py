@@ -58,7 +58,7 @@ def test_audio_files_are_reconstructed_and_a_bad_one_is_reported(smoke_workdir, 
   with open(out_dir / "metrics.json") as f:
     m = json.load(f)
   assert set(m) == {"short", "long"}
-  for key in ("logmel_mse", "lsd_db", "mcd_db", "stoi", "oracle_stoi", "pesq", "oracle_pesq"):
+  for key in ("logmel_mse", "mel_lsd_db", "logmel_cd_db", "stoi", "oracle_stoi", "pesq", "oracle_pesq"):
     assert key in m["long"], key
   assert m["long"]["frames"] > trained.config.data.segment_frames
   assert sf.info(out_dir / "long.recon.wav").samplerate == sr

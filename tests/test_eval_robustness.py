@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vae_jax.eval import scoring, generate, metrics
+from vae_jax.eval import generate, metrics, render, report, scoring
 from vae_jax.inference import Trained, load_trained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,7 +175,7 @@ def test_a_diverged_model_is_reported_per_file(trained, tmp_path, how):
     r = json.load(f)["good"]
   assert r == json.loads(json.dumps(results["good"]))
   assert r["nonfinite_output"] is True
-  for key in ("logmel_mse", "logmel_l1", "lsd_db", "mcd_db", "stoi", "pesq"):
+  for key in ("logmel_mse", "logmel_l1", "mel_lsd_db", "logmel_cd_db", "stoi", "pesq"):
     assert r[key] is None and r[f"{key}_missing"] == "non-finite model output", key
   assert 0 < r["oracle_stoi"] <= 1 and r["oracle_pesq"] > 1  # Griffin-Lim from the input is unaffected.
   assert "holds zeros there" in r["note"]
@@ -255,8 +255,6 @@ def test_eval_audio_with_bad_unusual_and_good_files(smoke_workdir, tmp_path):
 
 @pytest.mark.slow
 def test_the_test_split_report_of_a_diverged_model_finishes(trained, tmp_path):
-  from vae_jax.eval import report, render  # pylint: disable=g-import-not-at-top
-
   diverged = _diverged(trained, "kernel")
   r = report.evaluate_workdir(diverged.workdir, trained=diverged, num_samples=4, max_utterances=6)
   paths = render.write_report(r, str(tmp_path / "eval"))

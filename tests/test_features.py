@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 
 from vae_jax.audio import io as audio_io
+from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel, mel_to_audio
 from vae_jax.config import load_config
 from vae_jax.errors import ConfigError, UserError
-from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel, mel_to_audio
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FSDD_CLIP = "3_theo_12.wav"

@@ -12,13 +12,14 @@ import tempfile
 import numpy as np
 import pytest
 import soundfile as sf
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vae_jax.audio import io as audio_io
-from vae_jax.eval import metrics
 from vae_jax.config import load_config
 from vae_jax.data.corpora import hash_split
 from vae_jax.data.store import load_dataset
+from vae_jax.eval import metrics
 
 SMOKE = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smoke.py")
 SR = 8000

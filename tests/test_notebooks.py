@@ -11,6 +11,9 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
+from vae_jax import train
+from vae_jax.config import load_config
+
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "vae-jax-test"
 CELL_TIMEOUT_S = 300
@@ -19,7 +22,9 @@ CELL_TIMEOUT_S = 300
 EXPLORE_PROBE = """
 import json
 print(json.dumps({"points": len(xy), "utterances": len(data.train) + len(data.test),
-                  "channels": len(kl), "latent_channels": trained.latent_channels, "shown": len(shown)}))
+                  "channels": len(kl), "latent_channels": trained.latent_channels, "shown": len(shown),
+                  "coded_bytes": len(coded), "decoded_error": float(np.abs(
+                      codec.decompress(trained, coded) - trained.encode(mel)[0]).max())}))
 """
 INTERPOLATION_PROBE = """
 import json
@@ -102,7 +107,9 @@ def test_notebooks_run_against_a_trained_workdir(smoke_workdir, kernel_specs):
   # Waveforms, log-mels, reconstructions, KL bars and the PCA scatter.
   assert len(_outputs(cells, "image/png")) >= 5
   players = [h for h in _outputs(cells, "text/html") if "<audio" in h]
-  assert len(players) == 3 * facts["shown"]  # Original, vocoder only, reconstruction.
+  # Original, vocoder only and reconstruction per utterance; original, VAE codec, Codec 2.
+  assert len(players) == 3 * facts["shown"] + 3
+  assert facts["coded_bytes"] > 0 and facts["decoded_error"] < 2.0  # Within a few quantisation steps.
   assert facts["points"] == facts["utterances"]
   assert facts["channels"] == facts["latent_channels"]
 
@@ -118,9 +125,6 @@ def test_notebooks_run_against_a_trained_workdir(smoke_workdir, kernel_specs):
 
 @pytest.mark.slow
 def test_generation_notebook_runs_against_a_prior_workdir(smoke_workdir, kernel_specs, tmp_path):
-  from vae_jax import train  # pylint: disable=g-import-not-at-top
-  from vae_jax.config import load_config  # pylint: disable=g-import-not-at-top
-
   # A cheap prior over the session's smoke VAE, sharing its feature cache.
   prior_workdir = tmp_path / "prior"
   config = load_config(str(NOTEBOOKS.parent / "configs" / "smoke_prior.py"), {

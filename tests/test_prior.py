@@ -8,14 +8,20 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import matplotlib.image
 import numpy as np
 import pytest
 from scipy import stats
 
+from tests.conftest import REPO_ROOT, smoke_config
+from vae_jax import train
+from vae_jax.config import load_config
 from vae_jax.errors import CheckpointError
+from vae_jax.eval import cli as eval_cli
+from vae_jax.eval import generate
 from vae_jax.prior import load_prior, sampling
+from vae_jax.prior import report as prior_report
 from vae_jax.prior.model import LatentPrior, guide, mixture_log_prob
-from tests.conftest import REPO_ROOT
 
 C, K, NUM_CLASSES = 3, 2, (4, 3)
 
@@ -122,18 +128,14 @@ def test_guidance_zero_is_unconditional_and_one_is_conditional(tiny):
 # End to end: a prior trained on the session's smoke VAE.
 
 
-def _prior_config(vae_workdir, cache_dir, **train):
-  from vae_jax.config import load_config  # pylint: disable=g-import-not-at-top
-
+def _prior_config(vae_workdir, cache_dir, **train_fields):
   overrides = {"prior.vae_workdir": str(vae_workdir), "data.cache_dir": str(cache_dir),
-               "train.progress_bar": False, **{f"train.{k}": v for k, v in train.items()}}
+               "train.progress_bar": False, **{f"train.{k}": v for k, v in train_fields.items()}}
   return load_config(str(REPO_ROOT / "configs" / "smoke_prior.py"), overrides)
 
 
 @pytest.fixture(scope="module")
 def prior_workdir(smoke_workdir, tmp_path_factory):
-  from vae_jax import train  # pylint: disable=g-import-not-at-top
-
   workdir = tmp_path_factory.mktemp("prior") / "workdir"
   config = _prior_config(smoke_workdir, smoke_workdir.parent / "cache")
   result = train.train_and_evaluate(config, str(workdir))
@@ -143,8 +145,6 @@ def prior_workdir(smoke_workdir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_prior_trains_lowers_the_kl_and_resumes_exactly(smoke_workdir, prior_workdir, tmp_path):
-  from vae_jax import train  # pylint: disable=g-import-not-at-top
-
   rows = [json.loads(line) for line in (prior_workdir / "metrics.jsonl").read_text().splitlines()]
   evals = [r for r in rows if "eval/kl" in r]
   assert evals[-1]["eval/kl"] < evals[-1]["eval/kl_standard"], "the learned prior must beat N(0, I) on test"
@@ -179,9 +179,6 @@ def test_loaded_prior_samples_conditions_and_lengths(prior_workdir):
 
 @pytest.mark.slow
 def test_prior_of_another_vae_or_corrupt_checkpoint_is_refused(smoke_workdir, prior_workdir, tmp_path):
-  from vae_jax import train  # pylint: disable=g-import-not-at-top
-  from configs import smoke  # pylint: disable=g-import-not-at-top
-
   # A prior whose VAE run was replaced by another one at the same path and step.
   vae, prior = tmp_path / "vae", tmp_path / "prior"
   shutil.copytree(smoke_workdir, vae)
@@ -189,8 +186,7 @@ def test_prior_of_another_vae_or_corrupt_checkpoint_is_refused(smoke_workdir, pr
                                          checkpoint_every=4), str(prior))
   load_prior(str(prior))
   shutil.rmtree(vae)
-  config = smoke.get_config()
-  config.seed, config.data.cache_dir, config.train.progress_bar = 1, str(smoke_workdir.parent / "cache"), False
+  config = smoke_config(smoke_workdir.parent / "cache", {"seed": 1})
   train.train_and_evaluate(config, str(vae))
   with pytest.raises(CheckpointError, match="retrain the prior"):
     load_prior(str(prior))
@@ -212,10 +208,6 @@ def test_prior_of_another_vae_or_corrupt_checkpoint_is_refused(smoke_workdir, pr
 
 @pytest.mark.slow
 def test_eval_sample_mode_names_lengths_and_grid(smoke_workdir, prior_workdir, tmp_path):
-  import matplotlib.image  # pylint: disable=g-import-not-at-top
-
-  from vae_jax.eval import cli as eval_cli, generate  # pylint: disable=g-import-not-at-top
-
   out = tmp_path / "standard"
   eval_cli.run(eval_cli.EvalOptions(workdir=str(smoke_workdir), sample=101, out=str(out)))
   wavs = sorted(p.name for p in out.glob("*.wav"))
@@ -236,8 +228,6 @@ def test_eval_sample_mode_names_lengths_and_grid(smoke_workdir, prior_workdir, t
 
 @pytest.mark.slow
 def test_generation_report_of_a_prior_workdir(prior_workdir):
-  from vae_jax.prior import report as prior_report  # pylint: disable=g-import-not-at-top
-
   # A briefly trained classifier: the test checks the report's wiring, not the scores.
   m, lines = prior_report.generation_report(load_prior(str(prior_workdir)), num_samples=2, n=8,
                                             classifier_steps=40)

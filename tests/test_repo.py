@@ -24,6 +24,7 @@ def test_ci_runs_the_readme_test_command():
   assert "train.py" in commands[0] and "pytest" in commands[1]
   ci = (REPO / ".ci" / "run").read_text()
   assert commands[1] in ci.splitlines(), ".ci/run must run the README's test command verbatim"
+  assert "-c constraints.txt" in commands[1], "CI installs the exact versions of constraints.txt"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

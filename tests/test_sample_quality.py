@@ -8,8 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from vae_jax.sample_quality import scores
+from vae_jax.config import load_config
+from vae_jax.data.store import load_dataset
 from vae_jax.eval import bounds
+from vae_jax.sample_quality import classifier as sq
+from vae_jax.sample_quality import scores
+from vae_jax.sample_quality.evaluate import sample_quality_table
 
 
 def _one_hot_NxK(n: int, k: int) -> np.ndarray:
@@ -87,8 +91,6 @@ def test_mean_confidence_and_accuracy_hand_case():
 
 
 def test_sample_quality_table_has_a_row_per_set_and_a_column_per_metric():
-  from vae_jax.sample_quality.evaluate import sample_quality_table  # pylint: disable=g-import-not-at-top
-
   table = sample_quality_table({"real": {"is/digit": 9.5, "fd": 1234.5}, "noise": {"is/digit": 1.0}})
   lines = table.splitlines()
   assert lines[0].startswith("Sample quality")
@@ -99,10 +101,6 @@ def test_sample_quality_table_has_a_row_per_set_and_a_column_per_metric():
 
 @pytest.mark.slow
 def test_classifier_trains_predicts_saves_loads_and_retrains_when_corrupt(tmp_path, caplog):
-  from vae_jax.config import load_config  # pylint: disable=g-import-not-at-top
-  from vae_jax.data.store import load_dataset  # pylint: disable=g-import-not-at-top
-  from vae_jax.sample_quality import classifier as sq  # pylint: disable=g-import-not-at-top
-
   config = load_config("configs/smoke.py", {"data.cache_dir": str(tmp_path)})
   messages = []
   kwargs = {"log": messages.append, "steps": 30, "batch_size": 8}

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from vae_jax.audio.features import FeatureConfig, Normalizer
 from vae_jax.config import load_config
 from vae_jax.data import store, stream
 from vae_jax.data.corpora import build_corpus, hash_split
 from vae_jax.data.loader import LoaderState, TrainLoader, eval_batches
 from vae_jax.data.store import extract_features, fit_normalizer, load_dataset
 from vae_jax.errors import DataError
-from vae_jax.audio.features import FeatureConfig, Normalizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.py")
@@ -202,12 +202,12 @@ def test_each_process_reads_only_its_own_crops(corpus, monkeypatch):
   procs = [loader(st, num_local_devices=1, process_index=p, process_count=2) for p in range(2)]
   for state in (LoaderState(0, 0), LoaderState(0, 2), LoaderState(4, 1)):
     reads.clear()
-    global_mel = whole.batch_at(state)["mel"][0]
+    global_mel = whole.batch_at(state)["mel"]
     everyone = sorted(u for u, _, _ in reads)
     per_process = []
     for p, it in enumerate(procs):
       reads.clear()
-      mel = it.batch_at(state)["mel"][0]
+      mel = it.batch_at(state)["mel"]
       np.testing.assert_array_equal(mel, global_mel[4 * p:4 * (p + 1)])
       assert len(reads) == 4 and all(stop - start <= T for _, start, stop in reads)
       per_process.append({u for u, _, _ in reads})

@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator
 import jax
 import orbax.checkpoint as ocp
 
+from vae_jax import fileio
 from vae_jax import workdir as workdir_lib
 from vae_jax.errors import CheckpointError
-from vae_jax import fileio
 
 log = logging.getLogger("vae_jax")
 

@@ -132,7 +132,7 @@ def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
   kind = _get(config, "kind")
   return [
       ("seed", "int", _any, "an integer"),
-      ("kind", "str", lambda x: x in ("vae", "prior"), "'vae' or 'prior'"),
+      ("kind", "str", lambda x: x in ("vae", "prior", "adversarial"), "'vae', 'prior' or 'adversarial'"),
       ("data.corpus", "str", lambda x: x in ("synthetic", "fsdd", "folder"),
        "'synthetic', 'fsdd' or 'folder'"),
       ("data.path", "str", lambda x: bool(x) or corpus == "synthetic",
@@ -141,6 +141,7 @@ def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
       ("data.cache_dir", "str", _any, "a directory path ('' for $VAE_JAX_CACHE or ~/.cache/vae-jax)"),
       ("data.segment_frames", "int", _pos, "a positive integer"),
       ("data.test_fraction", "num", lambda x: 0 < x < 1, "in (0, 1)"),
+      ("data.speaker_level", "int", _pos, "a positive integer (1: each file's parent directory)"),
       ("data.num_workers", "int", _nonneg, "an integer >= 0 (0: one per core)"),
       ("data.prefetch", "int", _nonneg, "an integer >= 0"),
       ("data.max_memory_mb", "int", _pos, "a positive integer"),
@@ -188,6 +189,7 @@ def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
       ("train.max_steps_per_run", "int", _nonneg, "an integer >= 0 (0: no limit)"),
       ("train.batch_size", "int", _pos, "a positive integer (a multiple of the device count)"),
       ("train.parallel", "str", lambda x: x in ("pmap", "shard_map"), "'pmap' or 'shard_map'"),
+      ("train.stop_check_every", "int", _pos, "a positive integer"),
       ("train.num_devices", "int", _nonneg, "an integer >= 0 (0: all local devices)"),
       ("train.log_every", "int", _pos, "a positive integer"),
       ("train.eval_every", "int", _pos, "a positive integer"),
@@ -211,6 +213,20 @@ def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
       ("prior.guidance", "num", math.isfinite, "a finite number (0: unconditional, 1: conditional)"),
       ("prior.temperature", "num", lambda x: x > 0, "a positive number"),
       ("prior.eval_samples", "int", _pos, "a positive integer"),
+      ("adversarial.vae_workdir", "str", lambda x: bool(x) or kind != "adversarial",
+       "the workdir of a trained VAE run (a non-empty path)"),
+      ("adversarial.vae_step", "int", _nonneg, "an integer >= 0 (0: the latest)"),
+      ("adversarial.loss", "str", lambda x: x in ("hinge", "lsgan"), "'hinge' or 'lsgan'"),
+      ("adversarial.decode_mean", "bool", _any, "true or false"),
+      ("adversarial.nll_weight", "num", _nonneg, "a number >= 0"),
+      ("adversarial.adv_weight", "num", _nonneg, "a number >= 0"),
+      ("adversarial.feature_matching_weight", "num", _nonneg, "a number >= 0"),
+      ("adversarial.disc_channels", "ints", lambda x: len(x) >= 1 and all(s > 0 for s in x),
+       "a non-empty tuple of positive integers"),
+      ("adversarial.disc_kernel", "int", lambda x: x > 0 and x % 2 == 1, "a positive odd integer"),
+      ("adversarial.disc_scales", "ints", lambda x: len(x) >= 1 and len(set(x)) == len(x) and all(s > 0 for s in x),
+       "a non-empty tuple of distinct positive integers"),
+      ("adversarial.disc_learning_rate", "num", lambda x: 0 < x < 1, "in (0, 1)"),
       ("eval.batch_size", "int", _pos, "a positive integer"),
       ("eval.length_multiple", "int", lambda x: x > 0 and x % stride == 0,
        f"a positive multiple of the model's time stride {stride}"),
@@ -232,6 +248,7 @@ def _sample_rate_range(corpus: Any) -> str:
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Returns the config, or raises ConfigError naming the first bad field and its accepted range."""
+  # Here, not at the top: librosa and jax load in seconds, and a bad flag should fail at once.
   from vae_jax.audio.features import FeatureConfig  # pylint: disable=g-import-not-at-top
 
   for field, kind, ok, accepted in _checks(config):
@@ -241,7 +258,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _time_stride(config) -> int:
-  from vae_jax.models import time_stride  # pylint: disable=g-import-not-at-top
+  from vae_jax.models import time_stride  # pylint: disable=g-import-not-at-top  (jax: see validate)
 
   try:
     stride = time_stride(config)

@@ -1,8 +1,5 @@
 """User-facing errors: one line that says what to change, never a traceback."""
 
-import functools
-import sys
-from typing import Callable
 
 
 class UserError(Exception):
@@ -19,17 +16,3 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A checkpoint is missing, incomplete or corrupt."""
-
-
-def exit_on_user_error(main: Callable) -> Callable:
-  """Wraps an entry point so that a UserError prints `error: ...` and exits 2."""
-
-  @functools.wraps(main)
-  def wrapped(*args, **kwargs):
-    try:
-      return main(*args, **kwargs)
-    except UserError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  return wrapped

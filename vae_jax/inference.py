@@ -20,7 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from vae_jax.audio import io as audio_io, spectral
+from vae_jax.audio import io as audio_io
+from vae_jax.audio import spectral
 from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.data.loader import pad_frames
@@ -210,8 +211,12 @@ def load_trained(workdir: str, step: int | None = None) -> Trained:
     except (KeyError, TypeError, ValueError) as e:
       raise CheckpointError(f"checkpoint {ckpt.step_dir(step)} has no usable config in its meta "
                             f"({type(e).__name__}: {e})") from None
-    # Shapes only: tracing the initialiser is much faster than compiling it.
-    abstract = jax.eval_shape(lambda: create_train_state(config, model, jax.random.key(0)))
+    if config.get("kind") == "adversarial":  # Its state holds a discriminator beside the VAE.
+      from vae_jax.adversarial.training import abstract_state  # pylint: disable=g-import-not-at-top
+
+      abstract = abstract_state(config)
+    else:  # Shapes only: tracing the initialiser is much faster than compiling it.
+      abstract = jax.eval_shape(lambda: create_train_state(config, model, jax.random.key(0)))
     state, _ = ckpt.restore(abstract, step)
   finally:
     ckpt.close()

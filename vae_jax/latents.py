@@ -123,8 +123,3 @@ def attribute_direction(with_attr: Sequence[np.ndarray], without_attr: Sequence[
 def add_direction(z_TzxC: np.ndarray, direction_C: np.ndarray, scale: float = 1.0) -> np.ndarray:
   """z + scale * direction at every latent frame."""
   return np.asarray(z_TzxC, np.float64) + scale * np.asarray(direction_C, np.float64)[None]
-
-
-def analogy(a_TzxC: np.ndarray, b_TzxC: np.ndarray, c_TzxC: np.ndarray) -> np.ndarray:
-  """c + (pooled(b) - pooled(a)): 'a is to b as c is to ?', with time-pooled offsets."""
-  return add_direction(c_TzxC, pooled(b_TzxC) - pooled(a_TzxC))

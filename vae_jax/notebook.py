@@ -6,6 +6,7 @@ import tempfile
 from vae_jax.config import load_config
 from vae_jax.eval.generate import Utterances
 from vae_jax.inference import Trained, load_trained
+from vae_jax.train import train_and_evaluate
 
 # The repository's configs (an editable install keeps the package beside them).
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -13,8 +14,6 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 def train_smoke(config_name: str, steps: int, workdir: str, **overrides) -> str:
   """Trains configs/<config_name>.py for `steps` steps into `workdir` (quietly); returns the workdir."""
-  from vae_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
-
   config = load_config(str(CONFIG_DIR / f"{config_name}.py"), {
       "train.num_steps": steps, "train.log_every": max(steps // 10, 1), "train.eval_every": steps,
       "train.checkpoint_every": steps, "train.progress_bar": False, **overrides})

@@ -1,9 +1,11 @@
 """Thin data-parallel wrappers around one per-device step function.
 
 A per-device step has the signature `step(state, batch, key, axis_name)` and
-averages over `axis_name` with collectives. `pmap` maps it over local devices
-with a leading device axis; `shard_map` runs the same function under jit over a
-1-D mesh, with the state replicated and the batch split on its leading axis.
+averages over `axis_name` with collectives. Both wrappers take this process's flat
+batch [B, ...] from the loader. `shard_map` (the default) runs the function under jit
+over a 1-D mesh of every device, with the state replicated and the global batch split
+on its leading axis; `pmap` maps it over local devices, the batch reshaped to
+[devices, B / devices, ...].
 """
 
 import functools
@@ -20,7 +22,7 @@ AXIS = "batch"
 class DataParallel:
   """Places state and batches for one of the two wrappers and calls the wrapped step."""
 
-  def __init__(self, step_fn: Callable, devices: Sequence[jax.Device], mode: str = "pmap",
+  def __init__(self, step_fn: Callable, devices: Sequence[jax.Device], mode: str = "shard_map",
                donate: bool = True):
     self.mode, self.devices = mode, list(devices)
     # pmap maps over this process's devices (its collectives still span all processes);
@@ -35,13 +37,12 @@ class DataParallel:
       self._step = jax.pmap(functools.partial(step_fn, axis_name=AXIS), axis_name=AXIS,
                             in_axes=(0, 0, None), devices=pmap_devices, donate_argnums=donate_argnums)
     elif mode == "shard_map":
-
-      def per_shard(state, batch, key):
-        batch = jax.tree.map(lambda x: x[0], batch)  # Drop the size-1 device axis of the shard.
-        return step_fn(state, batch, key, axis_name=AXIS)
-
-      mapped = jax.shard_map(per_shard, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
-                             out_specs=(P(), P()))
+      # check_vma=False: pmap's semantics, which the step is written for. With the check,
+      # autodiff already sums the replicated parameters' gradients over the mesh, and the
+      # step's own psum summed them again: gradients (and train/grad_norm, and so clipping)
+      # came out multiplied by the device count.
+      mapped = jax.shard_map(functools.partial(step_fn, axis_name=AXIS), mesh=self.mesh,
+                             in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=False)
       self._step = jax.jit(mapped, donate_argnums=donate_argnums)
     else:
       raise ValueError(f"unknown parallel mode {mode!r}")
@@ -63,9 +64,11 @@ class DataParallel:
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> Any:
+    """This process's flat batch [B, ...] -> the layout the step expects."""
     if self.mode == "pmap":
-      return batch  # pmap splits the leading axis itself.
-    # This process's [local_devices, ...] rows become its part of the global batch.
+      n = len(self.devices)
+      return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+    # This process's rows become its part of the global batch, split over the mesh.
     return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P(AXIS)), batch)
 
   def __call__(self, state, batch, key):

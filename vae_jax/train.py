@@ -154,6 +154,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       from vae_jax.prior import training as prior_training  # pylint: disable=g-import-not-at-top
 
       task = prior_training.make_task(config, workdir, meta, devices, base_key, signals)
+    elif config.kind == "adversarial":
+      from vae_jax.adversarial import training as adversarial_training  # pylint: disable=g-import-not-at-top
+
+      task = adversarial_training.make_task(config, workdir, meta, devices, base_key, signals)
     else:
       task = _vae_task(config, workdir, meta, devices, base_key, signals)
     _close_on_exit(cleanup, task.loader.close)
@@ -346,7 +350,7 @@ class _Loop:
         if pending is not None:  # Read the previous step while this one runs.
           window.append(self._check(*pending))
         pending = (step, metrics)
-        stopping = self._stop_requested()
+        stopping = self._stop_requested(step, last)
         log_now = step % c.log_every == 0 or step == last or stopping
         # A preempted run saves first and leaves evaluation to the resumed one.
         evaluate = not stopping and (step % c.eval_every == 0 or step == c.num_steps)
@@ -380,14 +384,19 @@ class _Loop:
               "checkpoint": self.ckpt.step_dir(latest) if latest is not None else None}
     return {**result, **self.last_eval}
 
-  def _stop_requested(self) -> bool:
+  def _stop_requested(self, step: int, last: int) -> bool:
     """Whether to stop after this step; every process of a multi-process run agrees."""
     stop = self.signals.received is not None
     if jax.process_count() == 1:
       return stop
+    # The agreement is a collective the host waits for, which also waits for the step just
+    # dispatched: every train.stop_check_every steps, so the steps between stay asynchronous.
+    # Every process checks at the same steps, so a signal that reaches them a step apart
+    # still has all of them save the same step and stop.
+    if step % self.config.train.stop_check_every and step != last:
+      return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-    # A signal may reach the processes a step apart: all must save the same step and stop.
     return bool(np.any(multihost_utils.process_allgather(np.int32(stop))))
 
   def _check(self, step: int, metrics) -> dict[str, Any]:

@@ -97,6 +97,11 @@ def log_mel(wave: np.ndarray, fc: FeatureConfig) -> np.ndarray:
   return np.log(np.maximum(mel_FxT, fc.log_floor)).T.astype(np.float32)
 
 
+def _griffinlim_seed(seed: int) -> dict[str, int]:
+  """librosa 1.0 renamed griffinlim's random_state to rng (the old name warns)."""
+  return {"rng" if int(librosa.__version__.split(".")[0]) >= 1 else "random_state": seed}
+
+
 def mel_to_audio(log_mel_TxF: np.ndarray, fc: FeatureConfig, n_iter: int = 32,
                  length: int | None = None, seed: int = 0) -> np.ndarray:
   """Inverts log-mel features to a waveform with librosa's Griffin-Lim."""
@@ -106,7 +111,7 @@ def mel_to_audio(log_mel_TxF: np.ndarray, fc: FeatureConfig, n_iter: int = 32,
   wave = librosa.griffinlim(
       stft_mag, n_iter=n_iter, hop_length=fc.hop_length, win_length=fc.win_length,
       n_fft=fc.n_fft, window=fc.window, center=True, pad_mode="constant",
-      length=length, random_state=seed)
+      length=length, **_griffinlim_seed(seed))
   return wave.astype(np.float32)
 
 

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import soundfile as sf
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# mp3 needs libsndfile >= 1.1 (soundfile's wheels bundle 1.2); read_audio says so if it is older.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 # Below this peak amplitude a clip is treated as silent (-100 dBFS).
 SILENCE_PEAK = 1e-5
 # Above this a decoder or reader produced garbage rather than audio.
@@ -33,6 +34,9 @@ def read_audio(path: str, sample_rate: int, min_samples: int = 1) -> np.ndarray:
     raise BadAudio("file not found")
   if os.path.getsize(path) == 0:
     raise BadAudio("empty file (0 bytes)")
+  if path.lower().endswith(".mp3") and "MP3" not in sf.available_formats():
+    raise BadAudio(f"mp3 needs libsndfile >= 1.1; soundfile uses {sf.__libsndfile_version__} "
+                   "(pip install -U soundfile)")
   try:
     info = sf.info(path)
   except Exception as e:  # soundfile raises several types for malformed headers

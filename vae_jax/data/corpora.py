@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any, Mapping
 
-from vae_jax.audio.io import is_audio_path
+from vae_jax.audio.io import AUDIO_EXTENSIONS, is_audio_path
 from vae_jax.errors import ConfigError, DataError
 
 log = logging.getLogger("vae_jax")
@@ -45,7 +45,8 @@ def build_corpus(config) -> Corpus:
   if kind == "fsdd":
     return fsdd_corpus(_existing_dir(config.data.path, "fsdd"))
   if kind == "folder":
-    return folder_corpus(_existing_dir(config.data.path, "folder"), config.data.test_fraction)
+    return folder_corpus(_existing_dir(config.data.path, "folder"), config.data.test_fraction,
+                         config.data.speaker_level)
   raise ConfigError(f"data.corpus={kind!r} is not a corpus: use 'synthetic', 'fsdd' or 'folder'")
 
 
@@ -79,9 +80,16 @@ def fsdd_corpus(path: str) -> Corpus:
                 tuple(skipped))
 
 
-def folder_corpus(path: str, test_fraction: float) -> Corpus:
-  """Any tree of audio files; split by a hash of the relative path, speaker = parent directory."""
-  files, skipped = [], []
+def folder_corpus(path: str, test_fraction: float, speaker_level: int = 1) -> Corpus:
+  """Any tree of audio files; split by a hash of the relative path.
+
+  The speaker is the directory `speaker_level` levels above each file (1: its parent;
+  2 for LibriSpeech's speaker/chapter/file.flac), named by its path from the root.
+  """
+  if speaker_level < 1:
+    raise ConfigError(f"config field data.speaker_level={speaker_level} is out of range: it must be at "
+                      "least 1 (1: the parent directory of each file is its speaker)")
+  files, side = [], collections.Counter()
   for root, dirs, names in os.walk(path):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     for fname in sorted(names):
@@ -90,11 +98,14 @@ def folder_corpus(path: str, test_fraction: float) -> Corpus:
       rel = os.path.relpath(os.path.join(root, fname), path)
       if is_audio_path(fname):
         files.append(rel)
-      else:
-        skipped.append(_skip(rel, "not an audio file (expected .wav, .flac or .ogg)"))
+      else:  # Transcripts and notes beside the audio are expected, not a problem with the corpus.
+        side[os.path.splitext(fname)[1].lower() or fname] += 1
   if not files:
-    raise DataError(f"no .wav, .flac or .ogg files under {path}: check data.path")
-  parents = [os.path.dirname(rel) for rel in files]
+    raise DataError(f"no {', '.join(AUDIO_EXTENSIONS)} files under {path}: check data.path")
+  if side:
+    kinds = ", ".join(f"{n} {ext}" for ext, n in side.most_common(5)) + (", ..." if len(side) > 5 else "")
+    log.info("ignored the files that are not audio under %s: %s", path, kinds)
+  parents = [_speaker_dir(rel, speaker_level) for rel in files]
   speakers = tuple(sorted(set(parents))) if any(parents) else ()
   stems = [os.path.splitext(rel)[0] for rel in files]
   stem_counts = collections.Counter(stems)
@@ -105,8 +116,13 @@ def folder_corpus(path: str, test_fraction: float) -> Corpus:
     name = stem if stem_counts[stem] == 1 else rel
     entries.append(Entry(name=name, path=os.path.join(path, rel),
                          split=hash_split(rel, test_fraction), labels=labels))
-  return Corpus("folder", tuple(entries), {"speaker": speakers} if speakers else {},
-                tuple(skipped))
+  return Corpus("folder", tuple(entries), {"speaker": speakers} if speakers else {})
+
+
+def _speaker_dir(relpath: str, level: int) -> str:
+  """The directory `level` levels above a file, as a path from the corpus root ('' above the root)."""
+  parts = relpath.replace(os.sep, "/").split("/")[:-1]
+  return "/".join(parts[:max(len(parts) - level + 1, 0)])
 
 
 def _skip(path: str, reason: str) -> tuple[str, str]:

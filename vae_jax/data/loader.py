@@ -36,7 +36,12 @@ class LoaderState:
 
 
 class TrainLoader:
-  """Random fixed-length crops, shaped [local_devices, per_device_batch, frames, n_mels]."""
+  """Random fixed-length crops: this process's share of the global batch, [batch, frames, n_mels].
+
+  The rows are this process's slice of the global batch in order; the parallel wrapper
+  splits them over devices (vae_jax/parallel.py). `num_local_devices` only checks that
+  the batch divides over every device.
+  """
 
   def __init__(self, split: Split, normalizer: Normalizer, *, global_batch: int,
                num_local_devices: int, segment_frames: int, seed: int,
@@ -51,10 +56,9 @@ class TrainLoader:
                         "utterances: lower train.batch_size")
     self.split, self.normalizer = split, normalizer
     self.global_batch, self.segment_frames, self.seed = global_batch, segment_frames, seed
-    self.num_local_devices = num_local_devices
     self.process_index, self.process_count = process_index, process_count
     self.steps_per_epoch = len(split) // global_batch
-    self.labels = tuple(labels)  # Split labels added to each batch as 'labels/<name>' [D, B].
+    self.labels = tuple(labels)  # Split labels added to each batch as 'labels/<name>' [B].
     # > 0: a batch is only as long as its longest crop, rounded up to this multiple (fewer
     # padded frames for whole-utterance batches, one program per multiple).
     self.length_multiple = length_multiple
@@ -64,7 +68,7 @@ class TrainLoader:
     self._perm = (-1, np.zeros(0, np.int64))  # (epoch, permutation), shared by both threads.
 
   def batch_at(self, state: LoaderState) -> dict[str, np.ndarray]:
-    """The batch at a position: {'mel': [D, B, T, F] normalised, 'mask': [D, B, T]}."""
+    """The batch at a position: {'mel': [B, T, F] normalised, 'mask': [B, T]} (B: this process's rows)."""
     # SeedSequence takes non-negative entropy only; the modulus leaves such seeds unchanged.
     seed = self.seed % 2**64
     perm = self._permutation(state.epoch)
@@ -79,10 +83,9 @@ class TrainLoader:
     if self.length_multiple:
       t = min(t, -(-int(np.minimum(lengths, t).max()) // self.length_multiple) * self.length_multiple)
     mel, mask = self._crops(chosen[mine], starts[mine], t)
-    shape = (self.num_local_devices, per_process // self.num_local_devices)
-    batch = {"mel": mel.reshape(shape + mel.shape[1:]), "mask": mask.reshape(shape + mask.shape[1:])}
+    batch = {"mel": mel, "mask": mask}
     for name in self.labels:
-      batch[f"labels/{name}"] = self.split.labels[name][chosen[mine]].astype(np.int32).reshape(shape)
+      batch[f"labels/{name}"] = self.split.labels[name][chosen[mine]].astype(np.int32)
     return batch
 
   def _permutation(self, epoch: int) -> np.ndarray:

@@ -35,10 +35,10 @@ import numpy as np
 import tqdm
 
 from vae_jax.audio import io as audio_io
+from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel
 from vae_jax.data import stream
 from vae_jax.data.corpora import Corpus, Entry, build_corpus, cache_root
 from vae_jax.errors import DataError
-from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel
 from vae_jax.fileio import atomic_write
 
 log = logging.getLogger("vae_jax")

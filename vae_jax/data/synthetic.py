@@ -751,14 +751,6 @@ def load_corpus(out_dir: str) -> list[Utterance]:
       for i, u in enumerate(manifest["utterances"])]
 
 
-def load_speakers(out_dir: str) -> tuple[SpeakerParams, ...]:
-  """The voices of a generated corpus, as stored in its manifest."""
-  manifest = _read_manifest(out_dir)
-  if manifest is None:
-    raise DataError(f"{out_dir} holds no complete synthetic corpus (no valid {MANIFEST})")
-  return tuple(SpeakerParams(**s) for s in manifest["speakers"])
-
-
 def _corpus_args(sample_rate: int, num_speakers: int, utterances_per_speaker: int, seed: int,
                  factor_hop: int) -> dict:
   """The manifest's record of the arguments; raises ConfigError on impossible ones."""

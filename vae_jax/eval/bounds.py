@@ -10,10 +10,10 @@ import numpy as np
 from vae_jax import losses
 from vae_jax.audio.features import Normalizer
 from vae_jax.data.loader import eval_batches
-from vae_jax.rng import stream_keys, utterance_keys
 from vae_jax.data.store import Split
 from vae_jax.models.layers import downsample_mask
 from vae_jax.models.vae import VAE
+from vae_jax.rng import stream_keys, utterance_keys
 
 
 @dataclasses.dataclass

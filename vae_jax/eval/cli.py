@@ -17,6 +17,7 @@ from vae_jax.inference import load_trained
 from vae_jax import fileio
 
 log = logging.getLogger("vae_jax")
+RD_QUANT_STEPS = (2.0, 4.0, 6.0, 8.0, 12.0, 16.0)  # The codec's operating points in --rate_distortion.
 
 
 @dataclasses.dataclass
@@ -28,6 +29,7 @@ class EvalOptions:
   out: str | None = None  # Default: <workdir>/eval/<mode> (the report: <workdir>/eval).
   seed: int = 0
   data_path: str | None = None
+  export: str | None = None  # A new (or empty) directory for the exported model (vae_jax/export.py).
   # The report.
   report: bool | None = None  # None: only when no other mode is asked for.
   report_dir: str | None = None  # Default: <workdir>/eval.
@@ -54,25 +56,44 @@ class EvalOptions:
   traverse_channels: int = 4
   traverse_range: float = 3.0
   traverse_steps: int = 7
+  # The codec (vae_jax/codec): files, and its rate-distortion against Codec2 and Opus.
+  compress: tuple[str, ...] = ()
+  decompress: tuple[str, ...] = ()
+  quant_step: float | None = None  # None: the codec's default (or the step --bitrate picks).
+  bitrate: float | None = None
+  rate_distortion: bool = False
+  rd_workdirs: tuple[str, ...] = ()
+  rd_clips: int = 100
 
 
 def run(o: EvalOptions) -> int:
   """Runs every mode the options ask for; returns the exit status (1 if an input file failed)."""
   from vae_jax.prior import is_prior_workdir, load_prior  # pylint: disable=g-import-not-at-top
 
+  if o.export:
+    from vae_jax import export  # pylint: disable=g-import-not-at-top
+
+    export.check_target(o.export)  # Before the minutes of loading: nothing there is overwritten.
   prior = load_prior(o.workdir, o.step) if is_prior_workdir(o.workdir) else None
   trained = prior.vae_run if prior else load_trained(o.workdir, o.step)
   if o.sample_quality and prior is None:
     raise UserError(f"--sample_quality needs a prior workdir; {o.workdir} holds a VAE "
                     "(train one with configs/fsdd_prior.py)")
-  other = bool(o.audio or o.sample or o.interpolate or o.traverse or o.sample_quality)
+  other = bool(o.audio or o.sample or o.interpolate or o.traverse or o.sample_quality or o.export
+               or o.compress or o.decompress or o.rate_distortion)
   status = 0
+  if o.export:
+    if prior is not None:
+      raise UserError(f"--export takes a VAE workdir; {o.workdir} holds a learned prior")
+    paths = export.export(trained, o.export)
+    print(f"export: step {trained.step} in {o.export} ({len(paths)} files; model card {paths['README.md']})")
   if o.report or (o.report is None and not other):
     _report(o, trained, prior)
   elif o.sample_quality:
     _generation_only(o, prior)
   if o.audio:
     status = _audio(o, trained)
+  status = max(status, _codec(o, trained, prior))
   utterances = generate.Utterances(trained, o.data_path)
   if o.sample:
     paths = _samples(o, trained, prior, utterances)
@@ -128,6 +149,24 @@ def _generation(o: EvalOptions, prior):
   return prior_report.generation_report(prior, num_samples=k, n=o.sample_clips, seed=o.seed,
                                         guidance=o.guidance, temperature=o.temperature,
                                         data_path=o.data_path)
+
+
+def _codec(o: EvalOptions, trained, prior) -> int:
+  """--compress / --decompress files and the --rate_distortion report; the exit status of the files."""
+  from vae_jax.codec import batch, rd  # pylint: disable=g-import-not-at-top  (constriction, pycodec2)
+
+  status = 0
+  if o.compress:
+    status = batch.compress_files(trained, o.compress, _out(o, "compress"), prior, o.quant_step, o.bitrate)[1]
+  if o.decompress:
+    status = max(status, batch.decompress_files(trained, o.decompress, _out(o, "decompress"), prior)[1])
+  if o.rate_distortion:
+    paths = trained.dataset(o.data_path).test.paths[:o.rd_clips]
+    others = [load_trained(w) for w in o.rd_workdirs]
+    rows = rd.rate_distortion(trained, paths, RD_QUANT_STEPS, prior=prior, others=others)
+    out = rd.write_rate_distortion(rows, o.report_dir or os.path.join(o.workdir, "eval"), len(paths))
+    print(f"rate-distortion: {out['md']} and {out['png']}")
+  return status
 
 
 def _generation_only(o: EvalOptions, prior) -> None:
@@ -197,8 +236,9 @@ def _audio(o: EvalOptions, trained) -> int:
 def _file_line(name: str, r: dict) -> str:
   """One file's metrics on one line; a missing one is 'n/a' and its reasons follow."""
   num = lambda key, digits: "n/a" if r.get(key) is None else f"{r[key]:.{digits}f}"
-  line = (f"{name}: log-mel MSE {num('logmel_mse', 3)}, LSD {num('lsd_db', 2)} dB, "
-          f"MCD {num('mcd_db', 2)} dB, STOI {num('stoi', 3)} (oracle {num('oracle_stoi', 3)})")
+  line = (f"{name}: log-mel MSE {num('logmel_mse', 3)}, mel LSD {num('mel_lsd_db', 2)} dB, "
+          f"MCD {num('mcd_db', 2)} dB (oracle {num('oracle_mcd_db', 2)}), "
+          f"STOI {num('stoi', 3)} (oracle {num('oracle_stoi', 3)})")
   if "pesq" in r:
     line += f", PESQ {num('pesq', 2)} (oracle {num('oracle_pesq', 2)})"
   reasons: dict[str, list[str]] = {}

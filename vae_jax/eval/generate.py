@@ -11,13 +11,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vae_jax import fileio, latents, plots
 from vae_jax.audio import io as audio_io
-from vae_jax import latents, plots
-from vae_jax.eval import metrics
 from vae_jax.data.store import Dataset
 from vae_jax.errors import DataError, UserError
+from vae_jax.eval import metrics
 from vae_jax.inference import Trained, griffin_lim_batch
-from vae_jax import fileio
 
 GAP_SECONDS = 0.15  # Silence between the parts of a concatenated WAV.
 
@@ -152,12 +151,12 @@ def file_metrics(path: str, wave: np.ndarray, log_mel: np.ndarray, recon: np.nda
   spectral = {
       "logmel_mse": metrics.logmel_mse,
       "logmel_l1": metrics.logmel_l1,
-      "lsd_db": metrics.log_spectral_distance_db,
-      "mcd_db": lambda a, b: metrics.mel_cepstral_distortion_db(a, b, n_coeffs=n_coeffs),
+      "mel_lsd_db": metrics.mel_log_spectral_distance_db,
+      "logmel_cd_db": lambda a, b: metrics.logmel_cepstral_distance_db(a, b, n_coeffs=n_coeffs),
   }
   for key, fn in spectral.items():
     _put(out, key, metrics.Scored(fn(log_mel, recon)) if mel_ok else nonfinite)
-  waveform = {"stoi": metrics.stoi_scored}
+  waveform = {"stoi": metrics.stoi_scored, "mcd_db": metrics.mcd_scored}
   if metrics.pesq_mode(sample_rate) is not None:
     waveform["pesq"] = metrics.pesq_scored
   for key, fn in waveform.items():

@@ -5,8 +5,8 @@ Spectral metrics take natural-log mel amplitudes, ln(A) as produced by
 mask [..., T] marks the valid frames, so padded frames never count. Averages
 are taken over all valid frames together.
 
-Waveform metrics (STOI, PESQ) wrap pystoi and pesq and trim both signals to the
-shorter length. `stoi_scored` and `pesq_scored` never raise: a clip the wrapped
+Waveform metrics (STOI, PESQ, the standard mel-cepstral distortion) wrap pystoi,
+pesq and pysptk and trim both signals to the shorter length. `stoi_scored` and `pesq_scored` never raise: a clip the wrapped
 library cannot take (too short, too long, silent, non-finite) is screened out
 before it reaches native code and comes back as a `Scored` with no value and the
 reason; `stoi` and `pesq` return nan instead.
@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 import pesq as pesq_lib
+import pysptk
 import pystoi
 import scipy.fft
 
@@ -75,7 +76,7 @@ def logmel_l1(ref_TxF: np.ndarray, est_TxF: np.ndarray, mask_T: np.ndarray | Non
   return float(np.mean(np.abs(ref - est)))
 
 
-def log_spectral_distance_db(ref_TxF: np.ndarray, est_TxF: np.ndarray,
+def mel_log_spectral_distance_db(ref_TxF: np.ndarray, est_TxF: np.ndarray,
                              mask_T: np.ndarray | None = None) -> float:
   """Log-spectral distance (dB) between natural-log mel amplitudes, mean over frames.
 
@@ -88,17 +89,20 @@ def log_spectral_distance_db(ref_TxF: np.ndarray, est_TxF: np.ndarray,
   return float(np.mean(np.sqrt(np.mean(diff_db ** 2, axis=-1))))
 
 
-def mel_cepstra(log_mel_TxF: np.ndarray, n: int = 24) -> np.ndarray:
-  """Mel cepstra c_1..c_n [..., T, n]: orthonormal DCT-II of the natural-log mel, c_0 dropped."""
+def logmel_cepstra(log_mel_TxF: np.ndarray, n: int = 24) -> np.ndarray:
+  """DCT cepstra c_1..c_n [..., T, n] of the log-mel: orthonormal DCT-II of the natural-log mel, c_0 dropped."""
   log_mel = np.asarray(log_mel_TxF, np.float64)
   if not 1 <= n < log_mel.shape[-1]:
     raise ValueError(f"n={n} cepstra need more than n mel bins, got {log_mel.shape[-1]}")
   return scipy.fft.dct(log_mel, type=2, norm="ortho", axis=-1)[..., 1:n + 1]
 
 
-def mel_cepstral_distortion_db(ref_TxF: np.ndarray, est_TxF: np.ndarray,
-                               mask_T: np.ndarray | None = None, n_coeffs: int = 24) -> float:
-  """Mel cepstral distortion (dB), mean over valid frames.
+def logmel_cepstral_distance_db(ref_TxF: np.ndarray, est_TxF: np.ndarray,
+                                mask_T: np.ndarray | None = None, n_coeffs: int = 24) -> float:
+  """MCD's formula on DCT cepstra of the log-mel (dB), mean over valid frames; not the standard MCD.
+
+  It grows with the number of mel bins for the same spectral error, so it compares
+  runs with the same features only; `mcd_scored` is the standard one (from the waveforms).
 
   The cepstra are c_d = sqrt(2/F) sum_f ln(A_f) cos(pi d (2f + 1) / (2F)) for
   d = 1..n_coeffs (scipy.fft.dct type 2, norm='ortho', of the natural-log mel
@@ -106,21 +110,9 @@ def mel_cepstral_distortion_db(ref_TxF: np.ndarray, est_TxF: np.ndarray,
   gain does not count. Per frame MCD = (10 / ln 10) sqrt(2 sum_d (c_d - c'_d)^2).
   """
   ref, est = _valid_frames(ref_TxF, est_TxF, mask_T)
-  diff_VxD = mel_cepstra(ref, n_coeffs) - mel_cepstra(est, n_coeffs)
+  diff_VxD = logmel_cepstra(ref, n_coeffs) - logmel_cepstra(est, n_coeffs)
   per_frame = (10.0 / math.log(10.0)) * np.sqrt(2.0 * np.sum(diff_VxD ** 2, axis=-1))
   return float(np.mean(per_frame))
-
-
-def spectral_convergence(ref_mag: np.ndarray, est_mag: np.ndarray) -> float:
-  """||S - S'||_F / ||S||_F for STFT magnitudes S (reference) and S' of one shape."""
-  ref = np.asarray(ref_mag, np.float64)
-  est = np.asarray(est_mag, np.float64)
-  if ref.shape != est.shape:
-    raise ValueError(f"magnitude shapes differ: {ref.shape} and {est.shape}")
-  norm = np.linalg.norm(ref)
-  if norm == 0:
-    raise ValueError("the reference magnitude is all zero")
-  return float(np.linalg.norm(ref - est) / norm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,3 +238,48 @@ def pesq(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int) -> float 
   if scored.missing is not None:
     _log.debug("PESQ undefined: %s", scored.missing)
   return scored.or_nan()
+
+
+# Standard mel-cepstral distortion (Kubichek, 1993), as TTS and vocoder papers report it.
+MCD_ORDER = 24  # c_1..c_24 compared; c_0 (the frame's energy) is excluded.
+MCD_HOP_SECONDS = 0.005
+MCD_SPEECH_DB = 40.0  # Frames more than this far below the reference's loudest are silence.
+
+
+def mel_cepstrum(wave: np.ndarray, sample_rate: int, order: int = MCD_ORDER) -> tuple[np.ndarray, np.ndarray]:
+  """SPTK mel-cepstra [T, order + 1] (pysptk.mcep, all-pass constant for the rate) and frame energies (dB).
+
+  Blackman-windowed frames of the power of two above 25 ms, every 5 ms.
+  """
+  n = 1 << int(math.ceil(math.log2(0.025 * sample_rate)))
+  hop = max(1, int(round(MCD_HOP_SECONDS * sample_rate)))
+  x = np.pad(np.asarray(wave, np.float64), (n // 2, n // 2))
+  frames_TxN = np.lib.stride_tricks.sliding_window_view(x, n)[::hop] * np.blackman(n)
+  energy_db = 10.0 * np.log10(np.sum(frames_TxN ** 2, axis=1) + 1e-20)
+  mc = pysptk.mcep(np.ascontiguousarray(frames_TxN), order=order, alpha=pysptk.util.mcepalpha(sample_rate),
+                   etype=1, eps=1e-10)
+  return mc, energy_db
+
+
+def mcd_scored(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int,
+               ref_cepstrum: tuple[np.ndarray, np.ndarray] | None = None) -> Scored:
+  """Mel-cepstral distortion (dB) over the speech frames of the time-aligned pair, or the reason it is undefined.
+
+  Per frame (10 / ln 10) sqrt(2 sum_{d=1..24} (c_d - c'_d)^2) on SPTK mel-cepstra of
+  both waveforms, averaged over the frames where the reference is within
+  MCD_SPEECH_DB of its loudest. The re-synthesis is frame-aligned with its
+  reference here, so no time warping is applied. `ref_cepstrum` (mel_cepstrum of
+  the whole reference) saves recomputing it for each system scored against it.
+  """
+  ref, est = _aligned(ref_wave, est_wave)
+  reason = _screen(ref, est, sample_rate, 0.025)
+  if reason is not None:
+    return Scored(None, reason)
+  mc_ref, energy_db = ref_cepstrum or mel_cepstrum(ref, sample_rate)
+  mc_est, _ = mel_cepstrum(est, sample_rate)
+  t = min(len(mc_ref), len(mc_est))  # Frames from the start: both signals begin together.
+  mc_ref, mc_est, energy_db = mc_ref[:t], mc_est[:t], energy_db[:t]
+  speech = energy_db > energy_db.max() - MCD_SPEECH_DB
+  diff = mc_ref[speech, 1:] - mc_est[speech, 1:]
+  per_frame = (10.0 / math.log(10.0)) * np.sqrt(2.0 * np.sum(diff ** 2, axis=1))
+  return Scored(float(per_frame.mean()))

@@ -21,7 +21,7 @@ def reconstruction_metrics(refs: Sequence[np.ndarray], recons: Sequence[np.ndarr
   """
   ok = [bool(np.all(np.isfinite(r))) for r in recons]
   out = {f"{prefix}/nonfinite_utterances": float(len(ok) - sum(ok))}
-  keys = ("logmel_mse", "logmel_l1", "lsd_db", "mcd_db")
+  keys = ("logmel_mse", "logmel_l1", "mel_lsd_db", "logmel_cd_db")
   if not any(ok):
     return {**out, **{f"{prefix}/{k}": math.nan for k in keys}}
   ref_VxF = np.concatenate([np.asarray(r, np.float64) for r, good in zip(refs, ok) if good])
@@ -31,8 +31,8 @@ def reconstruction_metrics(refs: Sequence[np.ndarray], recons: Sequence[np.ndarr
       **out,
       f"{prefix}/logmel_mse": metrics.logmel_mse(ref_VxF, est_VxF),
       f"{prefix}/logmel_l1": metrics.logmel_l1(ref_VxF, est_VxF),
-      f"{prefix}/lsd_db": metrics.log_spectral_distance_db(ref_VxF, est_VxF),
-      f"{prefix}/mcd_db": metrics.mel_cepstral_distortion_db(ref_VxF, est_VxF, n_coeffs=n_coeffs),
+      f"{prefix}/mel_lsd_db": metrics.mel_log_spectral_distance_db(ref_VxF, est_VxF),
+      f"{prefix}/logmel_cd_db": metrics.logmel_cepstral_distance_db(ref_VxF, est_VxF, n_coeffs=n_coeffs),
   }
 
 
@@ -44,24 +44,30 @@ class AudioScores:
   pesq_N: np.ndarray | None  # None at rates PESQ does not support.
   stoi_concat: float
   stoi_per_group: dict[str, float]
+  mcd_N: np.ndarray  # Standard mel-cepstral distortion (dB) per clip, nan where missing.
   stoi_missing: list[str | None] = dataclasses.field(default_factory=list)  # Reason per clip, None if scored.
   pesq_missing: list[str | None] | None = None
   nonfinite_N: np.ndarray | None = None  # Clips whose estimate has NaN or infinite samples.
 
 
 def score_audio(refs: Sequence[np.ndarray], ests: Sequence[np.ndarray], sample_rate: int,
-                groups: Sequence[str] | None = None) -> AudioScores:
-  """STOI and PESQ of each estimate against its reference, plus STOI of concatenations.
+                groups: Sequence[str] | None = None,
+                ref_cepstra: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> AudioScores:
+  """STOI, PESQ and MCD of each estimate against its reference, plus STOI of concatenations.
 
   pystoi cannot score clips with fewer than ~30 non-silent 25.6 ms frames (nan
   here), so STOI is also computed over all clips back to back, and over each
   group's (e.g. speaker's) clips. Each clip pair is scaled by 1 / peak(reference)
   first, so that quiet clips are not dropped as silence next to loud ones.
   Estimates with non-finite samples (a diverged model) score nan with the reason
-  and are left out of the concatenations.
+  and are left out of the concatenations. `ref_cepstra` (metrics.mel_cepstrum of
+  each reference) is computed here when not given.
   """
   nonfinite = np.array([not np.all(np.isfinite(e)) for e in ests], bool)
   stoi = [metrics.stoi_scored(r, e, sample_rate) for r, e in zip(refs, ests)]
+  ref_cepstra = ref_cepstra or [None] * len(refs)
+  mcd = np.array([metrics.mcd_scored(r, e, sample_rate, c).or_nan() for r, e, c in zip(refs, ests, ref_cepstra)],
+                 np.float64)
   pesq = None
   if metrics.pesq_mode(sample_rate) is not None:
     pesq = [metrics.pesq_scored(r, e, sample_rate) for r, e in zip(refs, ests)]
@@ -73,7 +79,7 @@ def score_audio(refs: Sequence[np.ndarray], ests: Sequence[np.ndarray], sample_r
   return AudioScores(
       np.array([s.or_nan() for s in stoi], np.float64),
       None if pesq is None else np.array([s.or_nan() for s in pesq], np.float64),
-      concat(range(len(refs))), per_group, [s.missing for s in stoi],
+      concat(range(len(refs))), per_group, mcd, [s.missing for s in stoi],
       None if pesq is None else [s.missing for s in pesq], nonfinite)
 
 
@@ -102,6 +108,7 @@ def audio_metrics(scores: AudioScores, prefix: str) -> dict[str, float]:
       f"{prefix}/stoi_clip_mean": _nanmean(scores.stoi_N),
       f"{prefix}/stoi_clips_scored": float(np.sum(np.isfinite(scores.stoi_N))),
       f"{prefix}/clips": float(len(scores.stoi_N)),
+      f"{prefix}/mcd_db_clip_mean": _nanmean(scores.mcd_N),
       f"{prefix}/nonfinite_clips": float(nonfinite),
   }
   if scores.stoi_per_group:

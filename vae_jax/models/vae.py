@@ -14,22 +14,27 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
-from vae_jax.models.layers import Conv1D, ResBlock, Upsample, downsample_mask
+from vae_jax.models.layers import Conv1D, ResBlock, Upsample, downsample_mask, resolve_conv_impl
 
 Dtype = Any
 
 
-class ConvEncoder(nn.Module):
-  """mel_BxTxF -> (mean, logvar) of q(z|x), each [B, T / prod(strides), latent_channels]."""
+class _ConvStack(nn.Module):
+  """The shape both halves of the conv VAE share (the decoder mirrors the encoder)."""
 
-  latent_channels: int
   channels: int
   channel_multipliers: Sequence[int]
   strides: Sequence[int]
   blocks_per_stage: int
   kernel_size: int
   impl: str
-  dtype: Dtype = jnp.float32
+  dtype: Dtype
+
+
+class ConvEncoder(_ConvStack):
+  """mel_BxTxF -> (mean, logvar) of q(z|x), each [B, T / prod(strides), latent_channels]."""
+
+  latent_channels: int
 
   @nn.compact
   def __call__(self, mel_BxTxF, mask_BxT):
@@ -49,17 +54,10 @@ class ConvEncoder(nn.Module):
     return mean, logvar, mask_BxT
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(_ConvStack):
   """z_BxTzxC -> mean of p(x|z), [B, Tz * prod(strides), n_mels]; mirrors ConvEncoder."""
 
   n_mels: int
-  channels: int
-  channel_multipliers: Sequence[int]
-  strides: Sequence[int]
-  blocks_per_stage: int
-  kernel_size: int
-  impl: str
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z_BxTzxC, mask_BxT):
@@ -83,6 +81,17 @@ class ConvDecoder(nn.Module):
     return conv(self.n_mels, kernel_size=self.kernel_size)(nn.gelu(h)).astype(jnp.float32)
 
 
+def _mlp(x, widths: Sequence[int], out_features: int, dtype: Dtype) -> jax.Array:
+  """Dense layers of `widths` with GELUs, then a linear one to `out_features` (float32 out).
+
+  Called inside a compact method: the layers belong to the calling module.
+  """
+  h = x.astype(dtype)
+  for width in widths:
+    h = nn.gelu(nn.Dense(width, dtype=dtype)(h))
+  return nn.Dense(out_features, dtype=dtype)(h).astype(jnp.float32)
+
+
 class MLPEncoder(nn.Module):
   """Frame-level encoder: each frame -> (mean, logvar) of its own latent."""
 
@@ -92,10 +101,7 @@ class MLPEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, mel_BxTxF, mask_BxT):
-    h = mel_BxTxF.astype(self.dtype)
-    for width in self.hidden:
-      h = nn.gelu(nn.Dense(width, dtype=self.dtype)(h))
-    stats = nn.Dense(2 * self.latent_channels, dtype=self.dtype)(h).astype(jnp.float32)
+    stats = _mlp(mel_BxTxF, self.hidden, 2 * self.latent_channels, self.dtype)
     mean, logvar = jnp.split(stats, 2, axis=-1)
     return mean, logvar, mask_BxT
 
@@ -109,10 +115,7 @@ class MLPDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z_BxTxC, mask_BxT):
-    h = z_BxTxC.astype(self.dtype)
-    for width in reversed(self.hidden):
-      h = nn.gelu(nn.Dense(width, dtype=self.dtype)(h))
-    return nn.Dense(self.n_mels, dtype=self.dtype)(h).astype(jnp.float32)
+    return _mlp(z_BxTxC, tuple(reversed(self.hidden)), self.n_mels, self.dtype)
 
 
 class VAE(nn.Module):
@@ -166,8 +169,6 @@ class VAE(nn.Module):
 
 def build_model(config) -> VAE:
   """The VAE described by `config.model` for `config.features.n_mels` bins."""
-  from vae_jax.models.layers import resolve_conv_impl  # pylint: disable=g-import-not-at-top
-
   m, n_mels = config.model, config.features.n_mels
   dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
   if m.name == "conv":

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from vae_jax.audio import io as audio_io
-from vae_jax.eval import bounds, generate
 from vae_jax.data.store import Dataset
+from vae_jax.eval import bounds, generate
 from vae_jax.prior.trained import Draw, TrainedPrior
 from vae_jax.sample_quality import classifier as classifier_lib
 from vae_jax.sample_quality import evaluate as sq

@@ -17,16 +17,16 @@ import ml_collections
 import numpy as np
 
 from vae_jax import losses
-from vae_jax.eval import bounds
-from vae_jax.state import TrainState, make_optimizer
-from vae_jax.train import Task, apply_update
+from vae_jax.audio.features import Normalizer
 from vae_jax.data.loader import TrainLoader, padded_batch
 from vae_jax.data.store import Split, load_dataset
 from vae_jax.errors import ConfigError
-from vae_jax.audio.features import Normalizer
+from vae_jax.eval import bounds
 from vae_jax.inference import Trained, load_trained
 from vae_jax.prior.model import LatentPrior, mixture_log_prob
 from vae_jax.rng import example_keys, stream_keys, utterance_keys
+from vae_jax.state import TrainState, make_optimizer
+from vae_jax.train import Task, apply_update
 
 # Latent sequences are padded to a multiple of this many frames: few programs to compile.
 LENGTH_MULTIPLE = 8

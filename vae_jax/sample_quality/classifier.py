@@ -30,11 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax.audio import io as audio_io, spectral
+from vae_jax.audio import io as audio_io
+from vae_jax.audio import spectral
+from vae_jax.audio.features import FeatureConfig
 from vae_jax.data.corpora import build_corpus, cache_root
 from vae_jax.data.store import Dataset, cache_key, load_dataset
 from vae_jax.errors import DataError
-from vae_jax.audio.features import FeatureConfig
 
 _log = logging.getLogger("vae_jax")
 

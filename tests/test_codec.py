@@ -1,0 +1,311 @@
+"""The .vjx speech codec: exact integer tables, bit-exact round trips, coded sizes, file errors."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile
+from hypothesis import given, settings, strategies as st
+from scipy import special, stats
+
+from tests.conftest import REPO_ROOT
+from vae_jax.codec import api, batch, bitstream, entropy, priors, sequence
+from vae_jax.errors import DataError, UserError
+from vae_jax.eval import cli as eval_cli
+
+SR = 8000
+# Builds the tiny random VAE in this process and in the subprocess test: same config, same key.
+TINY_VAE = """
+import jax, numpy as np
+from tests.conftest import smoke_config
+from vae_jax.audio.features import FeatureConfig, Normalizer
+from vae_jax.inference import Trained
+from vae_jax.models import build_model
+
+def tiny_vae(seed=0):
+  config = smoke_config(CACHE, {})
+  model = build_model(config)
+  mel = np.zeros((1, config.data.segment_frames, config.features.n_mels), np.float32)
+  params = model.init(jax.random.key(seed), mel, np.ones(mel.shape[:2], np.float32), jax.random.key(0))["params"]
+  n = config.features.n_mels
+  return Trained("tiny", 0, config, model, params, Normalizer(np.full(n, -4.0, np.float32), np.full(n, 3.0, np.float32)),
+                 FeatureConfig.from_config(config.features))
+"""
+
+
+def _tiny_vae_fn(cache):
+  scope = {"CACHE": str(cache)}
+  exec(TINY_VAE, scope)  # pylint: disable=exec-used
+  return scope["tiny_vae"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_fn(tmp_path_factory):
+  return _tiny_vae_fn(tmp_path_factory.mktemp("codec_cache"))
+
+
+@pytest.fixture(scope="module")
+def vae(tiny_vae_fn):
+  return tiny_vae_fn(0)
+
+
+@pytest.fixture(scope="module")
+def learned(vae):
+  """A tiny randomly initialised learned prior over the tiny VAE's latents, as load_prior gives it."""
+  from vae_jax.prior.model import LatentPrior  # pylint: disable=g-import-not-at-top
+
+  model = LatentPrior(latent_channels=vae.latent_channels, num_classes=(3,), max_frames=32, width=16,
+                      depth=2, heads=2, mlp_ratio=2, num_mixtures=3)
+  params = model.init(jax.random.key(1), jnp.zeros((1, 8, vae.latent_channels)), jnp.ones((1,), jnp.int32),
+                      jnp.zeros((1, 1), jnp.int32))["params"]
+  for head in ("mean", "log_scale"):  # Spread the components, so that they differ between frames.
+    params[head]["kernel"] = 0.5 * jax.random.normal(jax.random.key(2), params[head]["kernel"].shape)
+  return types.SimpleNamespace(model=model, params=params, vae_run=vae, workdir="tiny_prior")
+
+
+def _wave(seconds: float, seed: int = 0) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  t = np.arange(int(seconds * SR)) / SR
+  f0 = rng.uniform(100, 200)
+  wave = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 6)) * np.hanning(len(t))
+  return (0.2 * wave + 0.005 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def wav_path(tmp_path_factory):
+  path = tmp_path_factory.mktemp("codec_wav") / "tone.wav"
+  soundfile.write(path, _wave(0.6), SR)
+  return str(path)
+
+
+def test_deterministic_exp_and_gauss_tail_are_accurate():
+  x = np.linspace(-700, 700, 20001)
+  np.testing.assert_allclose(entropy.exp_det(x), np.exp(x), rtol=1e-14)
+  x = np.linspace(-35, 35, 20001)
+  np.testing.assert_allclose(entropy.gauss_tail(x), special.ndtr(-np.abs(x)), rtol=2e-7)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 4), c=st.integers(1, 5), seed=st.integers(0, 2**31), log_step=st.floats(-4, 1))
+def test_every_table_sums_to_the_coder_total(k, c, seed, log_step):
+  rng = np.random.default_rng(seed)
+  mix = priors.FrameMixture(entropy.softmax_det(rng.normal(size=k) * 3), rng.normal(size=(k, c)) * 2,
+                            np.exp(rng.uniform(-5, 3, size=(k, c))))
+  steps = np.exp(log_step + rng.uniform(-1, 1, size=c))
+  tables = sequence.FrameTables(mix, steps)
+  weights = tables.weights
+  q_C = sequence.quantise(rng.normal(size=(1, c)) * 3, steps)[0]
+  for ch in range(c):
+    freq = tables.freq(ch, weights)
+    assert freq.sum() == entropy.TOTAL and freq.min() >= 1 and len(freq) == tables.bins_C[ch] + 1
+    weights = tables.reweighted(ch, weights, int(q_C[ch]))
+    assert np.isclose(sum(weights), 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(t=st.integers(1, 40), c=st.integers(1, 6), seed=st.integers(0, 2**31), log_step=st.floats(-4, 1),
+       outliers=st.integers(0, 3))
+def test_standard_prior_round_trip_is_bit_exact(t, c, seed, log_step, outliers):
+  rng = np.random.default_rng(seed)
+  z = rng.normal(size=(t, c)) * rng.uniform(0.1, 2)
+  z.flat[rng.integers(0, z.size, outliers)] = rng.choice([-1, 1], outliers) * rng.uniform(9, 1e4, outliers)
+  steps = np.exp(log_step + rng.uniform(-1, 1, size=c))
+  q = sequence.quantise(z, steps)
+  data = sequence.encode_sequence(q, steps, priors.StandardPrior())
+  np.testing.assert_array_equal(sequence.decode_sequence(data, t, steps, priors.StandardPrior()), q)
+
+
+@pytest.mark.parametrize("t", [1, 2, 9, 17])
+def test_learned_prior_round_trip_is_bit_exact(learned, t):
+  rng = np.random.default_rng(t)
+  c = learned.model.latent_channels
+  z = rng.normal(size=(t, c))
+  z[0, 0] = 40.0  # An escape.
+  steps = np.full(c, 0.05)
+  q = sequence.quantise(z, steps)
+  prior = priors.LearnedPrior(learned)
+  data = sequence.encode_sequence(q, steps, prior)
+  np.testing.assert_array_equal(sequence.decode_sequence(data, t, steps, prior), q)
+
+
+# The bytes of a fixed sequence under the standard prior. A change means files written before it
+# no longer decode (a new table construction, quantiser or constriction release): if intended,
+# bump bitstream's format version and re-record.
+RECORDED_PAYLOAD_SHA256 = "9a20821dcc015114a52f7fd67f7e27074d70d630f38946b1a4a745f8fde3c962"
+
+
+def test_a_recorded_sequence_codes_to_the_recorded_bytes():
+  rng = np.random.default_rng(2026)
+  steps = np.array([0.25, 0.5, 0.125, 1.0])
+  q = sequence.quantise(rng.normal(size=(12, 4)) * np.array([1.0, 0.5, 2.0, 0.1]), steps)
+  q[3, 2] = 5000  # An outlier, coded through the escape symbol.
+  data = sequence.encode_sequence(q, steps, priors.StandardPrior())
+  assert hashlib.sha256(data).hexdigest() == RECORDED_PAYLOAD_SHA256, "the .vjx payload format changed"
+  np.testing.assert_array_equal(sequence.decode_sequence(data, 12, steps, priors.StandardPrior()), q)
+
+
+def test_coded_size_matches_the_information_content():
+  """Bits of a synthetic sequence under N(0, 1) bins, against -log2 of scipy's bin masses."""
+  rng = np.random.default_rng(0)
+  steps = np.array([0.05, 0.2, 0.5, 1.0])
+  q = sequence.quantise(rng.normal(size=(400, 4)) * np.array([0.3, 1.0, 1.5, 1.0]), steps)
+  assert np.all(np.abs(q * steps) < sequence.Z_RANGE)  # No escapes: only the tables count.
+  p = stats.norm.cdf((q + 0.5) * steps) - stats.norm.cdf((q - 0.5) * steps)
+  info_bytes = -np.log2(p).sum() / 8
+  coded = len(sequence.encode_sequence(q, steps, priors.StandardPrior()))
+  assert abs(coded - info_bytes) < 8, (coded, info_bytes)
+
+
+def test_compress_and_files_round_trip_the_quantised_latents(vae, wav_path, tmp_path):
+  wave, mel = vae.load_audio(wav_path)
+  out = tmp_path / "tone.vjx"
+  data = api.encode_file(vae, wav_path, str(out), quant_step=1.0)
+  assert out.read_bytes() == data == api.compress(vae, mel, quant_step=1.0, num_samples=len(wave))
+  header, z_hat = api.read(vae, data)
+  mean, _ = vae.encode(mel)
+  steps = header.steps(vae.latent_channels)
+  np.testing.assert_array_equal(z_hat, sequence.dequantise(sequence.quantise(mean, steps), steps))
+  z, log_mel, wave_hat = api.decode_file(vae, str(out))
+  np.testing.assert_array_equal(z, z_hat)
+  assert log_mel.shape == mel.shape and len(wave_hat) == len(wave)
+
+
+def test_learned_prior_file_round_trip_and_needs_its_prior(vae, learned, wav_path, tmp_path):
+  out = str(tmp_path / "tone.vjx")
+  data = api.encode_file(vae, wav_path, out, prior=learned, quant_step=0.5)
+  z, _, _ = api.decode_file(vae, out, prior=learned)
+  mean, _ = vae.encode(vae.load_audio(wav_path)[1])
+  steps = api.read(vae, data, learned)[0].steps(vae.latent_channels)
+  np.testing.assert_array_equal(z, sequence.dequantise(sequence.quantise(mean, steps), steps))
+  with pytest.raises(DataError, match="learned prior .*: pass that prior's workdir"):
+    api.decode_file(vae, out)
+
+
+def test_a_file_written_here_decodes_in_another_process(vae, wav_path, tmp_path):
+  out = tmp_path / "tone.vjx"
+  api.encode_file(vae, wav_path, str(out), quant_step=0.7)
+  expected = api.decompress(vae, out.read_bytes())
+  script = TINY_VAE.replace("CACHE", repr(str(tmp_path / "cache"))) + (
+      "\nimport json, sys\nfrom vae_jax.codec import api\n"
+      f"z, _, _ = api.decode_file(tiny_vae(0), {str(out)!r})\n"
+      "print(json.dumps(z.tolist()))\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  np.testing.assert_array_equal(np.array(json.loads(result.stdout.splitlines()[-1]), np.float32), expected)
+
+
+def _one_line_error(trained, path, match: str, prior=None):
+  with pytest.raises(DataError) as e:
+    api.decode_file(trained, str(path), prior)
+  message = str(e.value)
+  assert "\n" not in message and str(path) in message and match in message, message
+  return message
+
+
+def test_bad_files_give_one_line_errors(vae, tiny_vae_fn, wav_path, tmp_path):
+  data = api.encode_file(vae, wav_path, str(tmp_path / "good.vjx"), quant_step=1.0)
+  cases = {"truncated.vjx": (data[:len(data) // 2], "checksum"),
+           "corrupt.vjx": (data[:12] + bytes([data[12] ^ 0x40]) + data[13:], "checksum"),
+           "empty.vjx": (b"", "not a .vjx file"),
+           "other.vjx": (b"RIFF" + data[4:], "not a .vjx file")}
+  for name, (content, match) in cases.items():
+    (tmp_path / name).write_bytes(content)
+    _one_line_error(vae, tmp_path / name, match)
+  body = data[:3] + bytes([bitstream.FORMAT_VERSION + 1]) + data[4:-4]
+  (tmp_path / "v2.vjx").write_bytes(body + bitstream.struct.pack("<I", bitstream.zlib.crc32(body)))
+  _one_line_error(vae, tmp_path / "v2.vjx", f"format version {bitstream.FORMAT_VERSION + 1}")
+  other = tiny_vae_fn(1)
+  message = _one_line_error(other, tmp_path / "good.vjx", "written by the model with hash")
+  assert api.short_model_hash(vae) in message and api.short_model_hash(other) in message
+  (tmp_path / "noise.wav").write_text("not audio")
+  with pytest.raises(DataError, match="noise.wav"):
+    api.encode_file(vae, str(tmp_path / "noise.wav"), str(tmp_path / "noise.vjx"))
+
+
+def test_compress_files_goes_on_past_a_bad_file(vae, wav_path, tmp_path, capsys):
+  (tmp_path / "bad.wav").write_text("not audio")
+  rows, status = batch.compress_files(vae, [str(tmp_path / "bad.wav"), wav_path], str(tmp_path / "out"),
+                                      quant_step=1.0)
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert status == 1 and len(rows) == 1 and len(lines) == 2
+  assert "bad.wav" in lines[0] and "kbit/s" in lines[1] and "STOI" in lines[1]
+  assert sorted(os.listdir(tmp_path / "out")) == ["tone.decoded.wav", "tone.vjx"]
+  rows, status = batch.decompress_files(vae, [str(tmp_path / "out" / "tone.vjx"), str(tmp_path / "bad.wav")],
+                                        str(tmp_path / "dec"))
+  assert status == 1 and len(rows) == 1
+
+
+def test_bitrate_bisection_hits_the_target(vae, tmp_path):
+  soundfile.write(tmp_path / "long.wav", _wave(4.0, seed=3), SR)
+  _, mel = vae.load_audio(str(tmp_path / "long.wav"))
+  seconds = len(mel) / vae.feature_config.frames_per_second
+  step = batch.step_for_bitrate(vae, [mel], 0.5)
+  kbps = 8e-3 * len(api.compress(vae, mel, quant_step=step)) / seconds
+  assert abs(kbps - 0.5) < 0.02, kbps
+  with pytest.raises(UserError, match="above what these files reach"):
+    batch.step_for_bitrate(vae, [mel], 50.0)
+
+
+@pytest.mark.slow
+def test_fsdd_run_round_trips_with_both_priors(fsdd_dir, monkeypatch):
+  """The trained FSDD runs (when present): both priors reproduce the quantised latents exactly."""
+  if not (REPO_ROOT / "runs" / "fsdd_prior" / "checkpoints").is_dir():
+    pytest.skip("runs/fsdd_prior not trained here")
+  from vae_jax.prior import load_prior  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.chdir(REPO_ROOT)  # The prior names its VAE run by a path relative to the repository.
+  prior = load_prior("runs/fsdd_prior")
+  vae = prior.vae_run
+  for path in sorted(fsdd_dir.glob("*_0.wav"))[:4]:
+    _, mel = vae.load_audio(str(path))
+    for p in (None, prior):
+      data = api.compress(vae, mel, p)
+      header, z = api.read(vae, data, p)
+      steps = header.steps(vae.latent_channels)
+      np.testing.assert_array_equal(z, sequence.dequantise(sequence.quantise(vae.encode(mel)[0], steps), steps))
+
+
+@pytest.mark.slow
+def test_eval_py_compresses_decompresses_and_reports_a_bad_file_in_one_line(smoke_workdir, tmp_path):
+  good = tmp_path / "good.wav"
+  soundfile.write(good, _wave(0.6, seed=3), 8000)
+  bad = tmp_path / "notes.txt"
+  bad.write_text("not audio")
+  out = tmp_path / "vjx"
+  run = lambda *args: subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), f"--workdir={smoke_workdir}",
+                                      *args], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+  r = run("--compress", str(good), str(bad), f"--out={out}", "--quant_step=3")
+  assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr[-2000:]
+  lines = r.stdout.strip().splitlines()
+  assert any(l.startswith(f"{good}: ") and "kbit/s" in l and "STOI" in l for l in lines), lines
+  assert sum(l.startswith("error: ") and str(bad) in l for l in lines) == 1, lines
+  assert (out / "good.vjx").stat().st_size > 0 and (out / "good.decoded.wav").exists()
+  r = run("--decompress", str(out / "good.vjx"), f"--out={tmp_path / 'wav'}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  decoded, _ = soundfile.read(out / "good.decoded.wav")
+  again, _ = soundfile.read(tmp_path / "wav" / "good.decoded.wav")
+  np.testing.assert_array_equal(decoded, again)
+
+
+@pytest.mark.slow
+def test_rate_distortion_report_has_every_system_and_falls_with_the_step(smoke_workdir, tmp_path):
+  assert eval_cli.run(eval_cli.EvalOptions(workdir=str(smoke_workdir), rate_distortion=True, rd_clips=4,
+                                           report_dir=str(tmp_path))) == 0
+  rows = json.loads((tmp_path / "rate_distortion.json").read_text())["rows"]
+  vae = [r for r in rows if r.get("quant_step")]
+  assert [r["quant_step"] for r in vae] == sorted(r["quant_step"] for r in vae)
+  rates = [r["kbps"] for r in vae]
+  assert all(a > b for a, b in zip(rates, rates[1:])), rates  # Coarser steps, fewer bits.
+  names = {r["codec"] for r in rows}
+  assert {"codec2 2400", "griffin_lim oracle"} <= names and any(n.startswith("opus") for n in names)
+  assert (tmp_path / "rate_distortion.png").stat().st_size > 0
+  assert "| codec2 1200 |" in (tmp_path / "rate_distortion.md").read_text()

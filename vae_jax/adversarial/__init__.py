@@ -1,0 +1,1 @@
+"""Adversarial fine-tuning of a trained VAE's decoder (kind = 'adversarial' configs)."""
