@@ -179,8 +179,9 @@ def test_stop_signals_at_random_moments_then_rerun_matches_an_uninterrupted_run(
   rng = random.Random(20240611)
   workdir = tmp_path / "run"
   # What to wait for before the signal: start-up (data, init, compilation: the signal may also
-  # land in the first step), an early step and a late one.
-  plan = [(signal.SIGTERM, "start", rng.uniform(0.0, 2.5)),
+  # land in the first step; the whole tiny run takes about 2 s after config.json), an early step
+  # and a late one.
+  plan = [(signal.SIGTERM, "start", rng.uniform(0.0, 0.3)),
           (signal.SIGINT, "step", rng.randint(2, 5)),
           (signal.SIGTERM, "step", rng.randint(NUM_STEPS - 3, NUM_STEPS - 1))]
   for i, (signum, when, arg) in enumerate(plan):
@@ -203,7 +204,14 @@ def test_stop_signals_at_random_moments_then_rerun_matches_an_uninterrupted_run(
       assert when == "start", out[-3000:]
       assert _steps(workdir) == before, "a run stopped before its first step saved a checkpoint"
       continue
-    saved = int(re.search(rf"received {name}: saved a checkpoint at step (\d+)", out).group(1))
+    said = re.search(rf"received {name}: saved a checkpoint at step (\d+)", out)
+    if said is None:
+      # The tiny model runs ~150 steps/s: a signal sent at a late step can land after the last
+      # one, while the run writes its report. Then the run ended normally with every step saved.
+      assert when == "step" and f"checkpoint: {workdir / 'checkpoints' / str(NUM_STEPS)}" in out, out[-3000:]
+      assert _steps(workdir)[-1] == NUM_STEPS
+      break
+    saved = int(said.group(1))
     assert when == "start" or saved > arg, (saved, arg)
     assert _steps(workdir)[-1] == saved
     ckpt = Checkpointer(str(workdir / "checkpoints"), read_only=True)

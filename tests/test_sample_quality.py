@@ -10,8 +10,8 @@ import pytest
 
 from vae_jax.config import load_config
 from vae_jax.data.store import load_dataset
-from vae_jax.eval import bounds
 from vae_jax.sample_quality import classifier as sq
+from vae_jax.sample_quality import evaluate as sq_evaluate
 from vae_jax.sample_quality import scores
 from vae_jax.sample_quality.evaluate import sample_quality_table
 
@@ -157,15 +157,15 @@ def test_classifier_trains_predicts_saves_loads_and_retrains_when_corrupt(tmp_pa
     sq.load_classifier(str(info_path.parent), dataset.feature_config)
 
   # The reference sets: n clips each, of the real clips' lengths; scored and tabulated.
-  sets = bounds.reference_sets(dataset, sr, n=4, seed=0, griffin_lim_iters=2)
-  assert set(sets) == set(bounds.REFERENCE_SETS)
+  sets = sq_evaluate.reference_sets(dataset, sr, n=4, seed=0, griffin_lim_iters=2)
+  assert set(sets) == set(sq_evaluate.REFERENCE_SETS)
   lengths = [len(w) for w in sets["real"]]
   for name, clips in sets.items():
     assert [len(w) for w in clips] == lengths, name
   np.testing.assert_array_equal(sets["time_reversed"][0], sets["real"][0][::-1])
-  rows = bounds.reference_rows(third, dataset, n=4, griffin_lim_iters=2,
-                                 reference_embedding=bounds.train_embedding(third, dataset, n=8))
+  rows = sq_evaluate.reference_rows(third, dataset, n=4, griffin_lim_iters=2,
+                                    reference_embedding=sq_evaluate.train_embedding(third, dataset, n=8))
   assert set(rows["real"]) >= {"fd", "is/speaker", "class_entropy/word", "accuracy/vowel"}
   assert all(math.isfinite(v) for row in rows.values() for v in row.values())
-  table = bounds.sample_quality_table(rows, third)
+  table = sq_evaluate.sample_quality_table(rows, third)
   assert third.hash in table.splitlines()[0] and len(table.splitlines()) == 2 + 2 + len(rows)
