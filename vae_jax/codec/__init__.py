@@ -10,5 +10,5 @@ files 2.13 kbit/s, STOI 0.887 against 2.06 kbit/s, STOI 0.884. Channels whose
 posterior is sharp are the ones the decoder reads finely, so they get finer steps.
 """
 
-from vae_jax.codec.api import (compress, decode_file, decompress, encode_file,  # noqa: F401
-                               DEFAULT_QUANT_STEP, DEFAULT_STEP_MODE)
+from vae_jax.codec.api import DEFAULT_QUANT_STEP, DEFAULT_STEP_MODE  # noqa: F401
+from vae_jax.codec.api import compress, decode_file, decompress, encode_file  # noqa: F401

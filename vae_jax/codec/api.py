@@ -13,6 +13,7 @@ import numpy as np
 
 from vae_jax.codec import bitstream, coder, priors, sequence
 from vae_jax.errors import DataError, UserError
+from vae_jax.prior.training import params_hash
 
 STEP_MODES = ("posterior", "prior")
 # Units of `quant_step` in the default "posterior" mode: the clip's mean posterior std per channel.
@@ -40,7 +41,7 @@ def entropy_prior(trained, prior=None):
   """The codec's view of a TrainedPrior (None: the standard Gaussian); UserError if it is another VAE's."""
   if prior is None:
     return priors.StandardPrior()
-  if _cached(prior.vae_run.params, priors.tree_hash) != _cached(trained.params, priors.tree_hash):
+  if _cached(prior.vae_run.params, params_hash) != _cached(trained.params, params_hash):
     raise UserError(f"the prior in {prior.workdir} models the latents of another VAE than {trained.workdir}")
   return _cached(prior, priors.LearnedPrior)
 

@@ -11,29 +11,18 @@ built, so last-bit differences of the pass can only matter at a grid boundary.
 
 import dataclasses
 import functools
-import hashlib
 import json
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.codec import entropy
+from vae_jax.prior.training import params_hash
 
 _GRID = 4096.0  # Mixture parameters are rounded to multiples of 1 / _GRID.
 # Latent buffers are padded to a multiple of this many frames: one program per 8 frames of length.
 _LENGTH_MULTIPLE = 8
-
-
-def tree_hash(tree: Any, extra: str = "") -> str:
-  """16 hex digits of sha256 over `extra` and a tree's leaf paths, shapes, dtypes and values."""
-  h = hashlib.sha256(extra.encode())
-  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0], key=lambda x: str(x[0])):
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f"{jax.tree_util.keystr(path)}{a.shape}{a.dtype}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
 
 
 def model_hash(trained) -> str:
@@ -44,7 +33,7 @@ def model_hash(trained) -> str:
   """
   config = {k: trained.config[k].to_dict() for k in ("model", "features")}
   norm = {"mean": trained.normalizer.mean, "std": trained.normalizer.std}
-  return tree_hash({"params": trained.params, "normalizer": norm}, json.dumps(config, sort_keys=True))
+  return params_hash({"params": trained.params, "normalizer": norm}, json.dumps(config, sort_keys=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +68,7 @@ class LearnedPrior:
 
   def __init__(self, trained_prior):
     self.model, self.params = trained_prior.model, trained_prior.params
-    self.hash = tree_hash(self.params)
+    self.hash = params_hash(self.params)
     self._unknown = jnp.asarray(self.model.num_classes, jnp.int32)[None]
 
   @functools.cached_property

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import soundfile
 
-from vae_jax.audio.features import log_mel
 from vae_jax import fileio
+from vae_jax.audio.features import log_mel
 from vae_jax.codec import api, batch
 from vae_jax.errors import UserError
 from vae_jax.inference import griffin_lim_batch

@@ -32,9 +32,9 @@ from vae_jax.train import Task, apply_update
 LENGTH_MULTIPLE = 8
 
 
-def params_hash(params: Any) -> str:
-  """A short hash of a parameter tree's names, shapes and values."""
-  h = hashlib.sha256()
+def params_hash(params: Any, extra: str = "") -> str:
+  """16 hex digits of sha256 over `extra` and a tree's leaf paths, shapes, dtypes and values."""
+  h = hashlib.sha256(extra.encode())
   for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda x: str(x[0])):
     a = np.ascontiguousarray(np.asarray(leaf))
     h.update(f"{jax.tree_util.keystr(path)}{a.shape}{a.dtype}".encode())
