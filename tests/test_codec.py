@@ -291,6 +291,10 @@ def test_eval_py_compresses_decompresses_and_reports_a_bad_file_in_one_line(smok
   assert (out / "good.vjx").stat().st_size > 0 and (out / "good.decoded.wav").exists()
   r = run("--decompress", str(out / "good.vjx"), f"--out={tmp_path / 'wav'}")
   assert r.returncode == 0, r.stderr[-2000:]
+  # More files may follow as plain arguments; a missing one is one line, the others decode.
+  r = run(f"--out={tmp_path / 'wav2'}", "--decompress", str(tmp_path / "missing.vjx"), str(out / "good.vjx"))
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert (tmp_path / "wav2" / "good.decoded.wav").exists() and "missing.vjx" in r.stdout
   decoded, _ = soundfile.read(out / "good.decoded.wav")
   again, _ = soundfile.read(tmp_path / "wav" / "good.decoded.wav")
   np.testing.assert_array_equal(decoded, again)

@@ -220,16 +220,17 @@ def _eval(argv: list[str]) -> None:
 
   f = flags.FLAGS
   extra = list(argv[1:])
-  audio, interpolate = list(f.audio), list(f.interpolate)
-  if extra and audio and interpolate:
-    raise UserError(f"unexpected arguments {' '.join(extra)}: with both --audio and --interpolate, "
-                    "repeat the flag before each file")
-  if extra and not (audio or interpolate or f.compress):
-    raise UserError(f"unexpected arguments {' '.join(extra)}: audio files follow --audio or --compress")
-  compress = list(f.compress)
-  if compress and not (audio or interpolate):
-    compress, extra = compress + extra, []
-  (audio if audio else interpolate).extend(extra)
+  # Plain arguments after the flags are more files for the one file-list flag given.
+  files = {"audio": list(f.audio), "interpolate": list(f.interpolate), "compress": list(f.compress),
+           "decompress": list(f.decompress)}
+  given = [name for name, paths in files.items() if paths]
+  if extra and len(given) != 1:
+    where = (f"with --{' and --'.join(given)}, repeat the flag before each file" if given
+             else "files follow --audio, --interpolate, --compress or --decompress")
+    raise UserError(f"unexpected arguments {' '.join(extra)}: {where}")
+  if extra:
+    files[given[0]] += extra
+  audio, interpolate, compress = files["audio"], files["interpolate"], files["compress"]
   options = eval_cli.EvalOptions(
       workdir=f.workdir, step=resolve_step(f.workdir, f.step), out=f.out, seed=f.seed,
       data_path=f.data_path, export=f.export, report=f.report, report_dir=f.report_dir,
@@ -239,7 +240,7 @@ def _eval(argv: list[str]) -> None:
       sample_quality=f.sample_quality, sample_clips=f.sample_clips, interpolate=tuple(interpolate),
       steps=f.steps, method=f.method, align=f.align, traverse=f.traverse, utterance=f.utterance,
       traverse_channels=f.traverse_channels, traverse_range=f.traverse_range,
-      traverse_steps=f.traverse_steps, compress=tuple(compress), decompress=tuple(f.decompress),
+      traverse_steps=f.traverse_steps, compress=tuple(compress), decompress=tuple(files["decompress"]),
       quant_step=f.quant_step, bitrate=f.bitrate, rate_distortion=f.rate_distortion,
       rd_workdirs=tuple(f.rd_workdirs), rd_clips=f.rd_clips)
   sys.exit(eval_cli.run(options))
