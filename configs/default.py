@@ -35,6 +35,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0  # Feature-extraction processes; 0 means one per CPU core.
   c.data.prefetch = 4  # Batches prepared ahead of the train step by a background thread.
   c.data.max_memory_mb = 2048  # A split whose float32 features exceed this many MiB streams from disk.
+  # Generalisation: "speaker=jackson" leaves one speaker out (train: the other speakers' train-split
+  # utterances; test: their test-split ones; the extra "unseen" split: every utterance of jackson);
+  # "digit=7" (or any "label=class") likewise.
+  c.data.holdout = ""  # Class left out of train and test ("label=class"); "" = the corpus's own split.
+
+  # Augmented copies of the train split's utterances, extracted into the feature cache (whose
+  # key covers these fields). Each copy draws its perturbation from a hash of (seed, utterance).
+  c.augment = ml_collections.ConfigDict()
+  c.augment.copies = 0  # Augmented copies per train utterance, beside the original (0: no augmentation).
+  c.augment.seed = 0  # Seed of the per-copy draws, independent of the training seed so runs share a cache.
+  c.augment.speed = 0.0  # Speed factor uniform in [1 - speed, 1 + speed] (resampling: pitch and tempo move).
+  c.augment.pitch_semitones = 0.0  # Pitch shift uniform in +-this many semitones at constant tempo.
+  c.augment.gain_db = 0.0  # Gain uniform in +-this many dB.
+  c.augment.noise_snr_db = 0.0  # White noise at an SNR uniform in [this, 40] dB (0: no noise).
 
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.num_speakers = 8  # Synthetic voices, each with its own vocal-tract length and pitch range.

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import special, stats
 
 from tests.conftest import REPO_ROOT
@@ -242,6 +244,15 @@ def test_compress_files_goes_on_past_a_bad_file(vae, wav_path, tmp_path, capsys)
   rows, status = batch.decompress_files(vae, [str(tmp_path / "out" / "tone.vjx"), str(tmp_path / "bad.wav")],
                                         str(tmp_path / "dec"))
   assert status == 1 and len(rows) == 1
+
+
+def test_a_clip_too_short_for_stoi_says_so_on_its_line(vae, tmp_path, capsys):
+  soundfile.write(tmp_path / "short.wav", _wave(0.3, seed=4), SR)
+  rows, status = batch.compress_files(vae, [str(tmp_path / "short.wav")], str(tmp_path / "out"), quant_step=1.0)
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert status == 0 and math.isnan(rows[0]["stoi"]) and math.isfinite(rows[0]["pesq"]), rows
+  assert "STOI n/a" in line and "missing: stoi (clip shorter than 0.4 s)" in line, line
+  assert "nan" not in line, line
 
 
 def test_bitrate_bisection_hits_the_target(vae, tmp_path):

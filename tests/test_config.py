@@ -1,5 +1,6 @@
 """Bad configurations: one line naming the field and what it accepts, before any work starts."""
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -179,4 +180,23 @@ def test_train_py_prints_one_line_and_exits_2(tmp_path, args, fragment):
   assert "Traceback" not in out.stderr, out.stderr[-2000:]
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], out.stderr
+  assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("platform,extra", [("tpu", "tpu"), ("cuda", "cuda12")])
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_a_platform_whose_jax_build_is_missing_is_one_line_naming_the_extra(tmp_path, script, platform, extra):
+  plugin = {"tpu": "libtpu", "cuda": "jax_cuda12_plugin"}[platform]
+  if importlib.util.find_spec(plugin) is not None:
+    pytest.skip(f"{plugin} is installed here: the {platform} backend may start")
+  env = dict(os.environ, JAX_PLATFORMS=platform)
+  cmd = [sys.executable, script, f"--workdir={tmp_path / 'run'}"]
+  if script == "train.py":
+    cmd += ["--config=configs/smoke.py", f"--config.data.cache_dir={tmp_path / 'cache'}"]
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and f"JAX cannot start the {platform} backend" in lines[0], out.stderr
+  assert f"pip install 'vae-jax[{extra}]'" in lines[0] and "JAX_PLATFORMS=cpu" in lines[0], lines[0]
   assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -19,7 +19,7 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 # Run in a fresh interpreter that may import nothing but jax, numpy (and jax.export's flatbuffers).
 CONSUMER = textwrap.dedent("""
-    import sys, jax, numpy as np
+    import sys, jax, jax.export, numpy as np
     d, inputs, out = sys.argv[1:]
     encode = jax.export.deserialize(open(f"{d}/encode.jaxexport", "rb").read())
     decode = jax.export.deserialize(open(f"{d}/decode.jaxexport", "rb").read())

@@ -237,6 +237,8 @@ def test_generation_report_of_a_prior_workdir(prior_workdir):
   assert {"real", "griffin_lim", "white_noise", "time_reversed", "N(0, I) prior",
           "learned prior, unconditional"} <= rows
   assert any(r.startswith("learned prior, speaker given") for r in rows)
+  g = next(r for r in rows if r.startswith("learned prior, speaker given")).split("(guidance ")[1].rstrip(")")
+  assert (f"learned prior, labels drawn from the train split (guidance {g})" in rows) == (g != "1"), rows
   speaker_acc = [v for k, v in m.items() if k.endswith("/accuracy/speaker") and "given" in k]
   assert speaker_acc and all(0 <= v <= 1 for v in speaker_acc)
   assert m["sample_quality/real/is/word"] >= 1.0

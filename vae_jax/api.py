@@ -12,6 +12,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from vae_jax import fileio
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.errors import CheckpointError, UserError
 from vae_jax.inference import Trained, load_trained
@@ -77,7 +78,7 @@ def resolve_step(workdir: str, step: Step) -> int | None:
 def best_step(workdir: str) -> int:
   """The step of the checkpoint with the lowest eval/loss that the run's Checkpointer keeps."""
   directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     raise CheckpointError(f"no checkpoints in {workdir}: train first with `python train.py --workdir={workdir}`")
   ckpt = Checkpointer(directory, read_only=True)
   try:

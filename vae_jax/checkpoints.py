@@ -15,13 +15,11 @@ calls `on_failure`; the next `save` or `wait` raises it. Every wait is bounded.
 """
 
 import contextlib
-import glob
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import threading
 from typing import Any, Callable, Iterator
 
@@ -41,6 +39,7 @@ METRICS_FILE = "metrics/metrics"  # Orbax's copy of the metrics passed to save()
 # they describe the commit rather than hold checkpoint data.
 UNHASHED_FILES = frozenset({INTEGRITY_FILE, "_CHECKPOINT_METADATA", "commit_success.txt"})
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
+_COMMIT_MARKER = "commit_success.txt"  # Orbax's mark of a finished step on object stores.
 _CHUNK = 1 << 20
 # Longer than Orbax's own barrier timeout (AsyncOptions.timeout_secs, 600 s), whose error
 # then comes first; this bound is for a save stuck on storage that never answers.
@@ -65,8 +64,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True, create: bool = True,
                read_only: bool = False, save_timeout_s: float = SAVE_TIMEOUT_S):
     """`read_only` (for evaluation while a run may still be writing): no tmp clean-up, no saves."""
-    self.directory = os.path.abspath(directory)
-    if (read_only or not create) and not os.path.isdir(self.directory):
+    self.directory = fileio.absolute(directory)
+    if (read_only or not create) and not fileio.isdir(self.directory):
       raise CheckpointError(f"no checkpoints in {self.directory}")
     self.async_save = async_save
     self.save_timeout_s = save_timeout_s
@@ -110,7 +109,10 @@ class Checkpointer:
     # Orbax would do this too, but in the background; done here it is over when __init__ returns.
     if jax.process_index() != 0:
       return
-    partial = sorted(glob.glob(os.path.join(self.directory, f"*{_TMP_SUFFIX}*")))
+    partial = sorted(map(str, fileio.path(self.directory).glob(f"*{_TMP_SUFFIX}*")))
+    if fileio.is_remote(self.directory):  # Object stores cannot rename: Orbax marks a finished step instead.
+      partial += [self.step_dir(s) for s in _finalised_steps(self.directory)
+                  if not fileio.exists(os.path.join(self.step_dir(s), _COMMIT_MARKER))]
     if not partial:
       return
     # A training run holds its workdir (vae_jax.workdir): a save in a workdir that another
@@ -122,23 +124,23 @@ class Checkpointer:
         return
       for path in partial:
         log.info("removing %s: a checkpoint save that did not finish", path)
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+          fileio.path(path).rmtree()
 
   def _check_metrics_files(self, read_only: bool) -> None:
     """Orbax parses every step's metrics when it opens a directory and fails on a corrupt one."""
-    for path in sorted(glob.glob(os.path.join(self.directory, "*", METRICS_FILE))):
-      step_dir = os.path.dirname(os.path.dirname(path))
-      if not os.path.basename(step_dir).isdigit():
+    for step in _finalised_steps(self.directory):
+      step_dir, path = self.step_dir(step), os.path.join(self.step_dir(step), METRICS_FILE)
+      if not fileio.exists(path):
         continue
       try:
-        with open(path) as f:
-          json.load(f)
+        json.loads(fileio.read_text(path))
       except (OSError, ValueError):
         problem = f"checkpoint {step_dir} is corrupt: {METRICS_FILE} is unreadable"
         if read_only or jax.process_index() != 0:
           raise CheckpointError(problem) from None
         # Left in place it would make every checkpoint here unreadable.
-        dest = self._set_aside(int(os.path.basename(step_dir)))
+        dest = self._set_aside(step)
         log.warning("%s (moved to %s)", problem, dest)
 
   def latest_step(self) -> int | None:
@@ -204,10 +206,11 @@ class Checkpointer:
 
   def _unfinalised_dir(self, step: int) -> str:
     # Orbax names the directory `<step>.orbax-checkpoint-tmp[-<suffix>]` until it renames it.
-    tmp = sorted(glob.glob(os.path.join(self.directory, f"{step}{_TMP_SUFFIX}*")), key=os.path.getmtime)
+    # On object stores, which cannot rename, Orbax writes the step directory in place.
+    tmp = sorted(fileio.path(self.directory).glob(f"{step}{_TMP_SUFFIX}*"), key=lambda p: p.stat().mtime)
     if tmp:
-      return tmp[-1]
-    if os.path.isdir(self.step_dir(step)):  # Orbax versions that rename before the hook.
+      return str(tmp[-1])
+    if fileio.isdir(self.step_dir(step)):  # Orbax versions that rename before the hook.
       return self.step_dir(step)
     raise CheckpointError(f"the directory of checkpoint {step} in {self.directory} vanished while saving")
 
@@ -216,8 +219,8 @@ class Checkpointer:
     if step in self._checked:
       return self._checked[step]
     path = self.step_dir(step)
-    if not os.path.exists(os.path.join(path, INTEGRITY_FILE)):
-      sealed = [s for s in self.all_steps() if os.path.exists(os.path.join(self.step_dir(s), INTEGRITY_FILE))]
+    if not fileio.exists(os.path.join(path, INTEGRITY_FILE)):
+      sealed = [s for s in self.all_steps() if fileio.exists(os.path.join(self.step_dir(s), INTEGRITY_FILE))]
       if sealed:
         raise CheckpointError(f"checkpoint {path} is corrupt: it has no {INTEGRITY_FILE} although "
                               f"checkpoint {sealed[-1]} has one (an interrupted save or deletion)")
@@ -268,11 +271,11 @@ class Checkpointer:
 
   def _set_aside(self, step: int) -> str:
     parent = f"{self.directory}-corrupt"
-    os.makedirs(parent, exist_ok=True)
+    fileio.makedirs(parent)
     dest, n = os.path.join(parent, str(step)), 1
-    while os.path.exists(dest):
+    while fileio.exists(dest):
       dest, n = os.path.join(parent, f"{step}-{n}"), n + 1
-    shutil.move(self.step_dir(step), dest)
+    fileio.move(self.step_dir(step), dest)
     self._checked.pop(step, None)
     return dest
 
@@ -363,7 +366,7 @@ class Checkpointer:
 def _finalised_steps(directory: str) -> list[int]:
   """Steps whose directories were renamed into place (complete saves), ascending."""
   try:
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+    return sorted(int(d) for d in fileio.listdir(directory) if d.isdigit())
   except OSError:
     return []
 
@@ -414,21 +417,27 @@ def _silence_orbax_errors() -> None:
 
 
 def _hashed_files(step_dir: str) -> dict[str, str]:
-  """Relative path (with '/') -> absolute path of every file the record covers."""
+  """Relative path (with '/') -> path of every file the record covers."""
   out = {}
-  for root, dirs, names in os.walk(step_dir):
-    dirs.sort()
-    for name in sorted(names):
-      path = os.path.join(root, name)
-      rel = os.path.relpath(path, step_dir).replace(os.sep, "/")
-      if rel not in UNHASHED_FILES:
-        out[rel] = path
+
+  def visit(directory, rel: str) -> None:
+    for child in sorted(directory.iterdir(), key=lambda c: c.name):
+      if child.is_dir():
+        visit(child, f"{rel}{child.name}/")
+      elif f"{rel}{child.name}" not in UNHASHED_FILES:
+        out[f"{rel}{child.name}"] = os.path.join(step_dir, f"{rel}{child.name}")
+
+  visit(fileio.path(step_dir), "")
   return out
+
+
+def _size(path: str) -> int:
+  return fileio.path(path).stat().length
 
 
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with fileio.path(path).open("rb") as f:
     while chunk := f.read(_CHUNK):
       h.update(chunk)
   return h.hexdigest()
@@ -436,7 +445,7 @@ def _sha256(path: str) -> str:
 
 def write_integrity_record(step_dir: str) -> None:
   """Writes `integrity.json` (size and sha256 of every file) into a finalised step directory."""
-  files = {rel: {"size": os.path.getsize(p), "sha256": _sha256(p)}
+  files = {rel: {"size": _size(p), "sha256": _sha256(p)}
            for rel, p in _hashed_files(step_dir).items()}
   fileio.write_json(os.path.join(step_dir, INTEGRITY_FILE), {"version": 1, "files": files},
                     fsync=True, indent=1, sort_keys=True)
@@ -445,8 +454,7 @@ def write_integrity_record(step_dir: str) -> None:
 def integrity_problem(step_dir: str) -> str | None:
   """None if the step directory matches its integrity record, else what is wrong (one line)."""
   try:
-    with open(os.path.join(step_dir, INTEGRITY_FILE)) as f:
-      expected = json.load(f)["files"]
+    expected = json.loads(fileio.read_text(os.path.join(step_dir, INTEGRITY_FILE)))["files"]
     expected = {rel: (int(v["size"]), str(v["sha256"])) for rel, v in expected.items()}
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     return f"its {INTEGRITY_FILE} is unreadable ({type(e).__name__})"
@@ -458,7 +466,7 @@ def integrity_problem(step_dir: str) -> str | None:
   if extra:
     return f"{extra[0]} is not in its {INTEGRITY_FILE}"
   for rel, (size, _) in expected.items():  # Sizes first: truncation is found without reading.
-    actual = os.path.getsize(found[rel])
+    actual = _size(found[rel])
     if actual != size:
       return f"{rel} has {actual} bytes instead of {size} (truncated or overwritten)"
   for rel, (_, digest) in expected.items():

@@ -54,6 +54,26 @@ def check_config_args(argv: list[str], name: str = "config") -> None:
     lookup(config, key)
 
 
+# The extra that installs each platform's JAX build (see pyproject.toml).
+_PLATFORM_EXTRAS = {"tpu": "tpu", "cuda": "cuda12", "gpu": "cuda12", "rocm": "a ROCm build of jaxlib"}
+
+
+def check_backend() -> None:
+  """Starts JAX's backends; UserError in one line if a requested platform's build is not installed."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  try:
+    jax.devices()
+  except (RuntimeError, AssertionError) as e:  # JAX raises these, with tracebacks, for a missing plugin.
+    wanted = os.environ.get("JAX_PLATFORMS") or str(jax.config.jax_platforms or "")
+    extras = [_PLATFORM_EXTRAS.get(p.strip()) for p in wanted.split(",") if p.strip() in _PLATFORM_EXTRAS]
+    fix = f"pip install 'vae-jax[{extras[0]}]'" if extras and "ROCm" not in extras[0] else "install it"
+    why = str(e).strip().splitlines()[0].split(" (set JAX_PLATFORMS")[0] if str(e).strip() else \
+        "its plugin is not installed"
+    raise UserError(f"JAX cannot start the {wanted or 'default'} backend ({why}): {fix}, or run on "
+                    "the CPU with JAX_PLATFORMS=cpu") from None
+
+
 def run_main(main: Callable[[list[str]], None]) -> None:
   """Parses flags and runs `main`; user mistakes print `error: ...` and exit with status 2."""
   try:

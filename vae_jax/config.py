@@ -100,6 +100,10 @@ def _check(config, field: str, kind: str, ok: Callable[[Any], bool], accepted: s
     raise ConfigError(f"config field {field}={value!r} is out of range: it must be {accepted}")
 
 
+def _remote(x) -> bool:
+  return isinstance(x, str) and "://" in x
+
+
 def _any(_) -> bool:
   return True
 
@@ -135,16 +139,25 @@ def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
       ("kind", "str", lambda x: x in ("vae", "prior", "adversarial"), "'vae', 'prior' or 'adversarial'"),
       ("data.corpus", "str", lambda x: x in ("synthetic", "fsdd", "folder"),
        "'synthetic', 'fsdd' or 'folder'"),
-      ("data.path", "str", lambda x: bool(x) or corpus == "synthetic",
-       "a path (unused by the synthetic corpus)" if corpus == "synthetic"
-       else f"the {corpus} audio directory (a non-empty path)"),
-      ("data.cache_dir", "str", _any, "a directory path ('' for $VAE_JAX_CACHE or ~/.cache/vae-jax)"),
+      ("data.path", "str", lambda x: (bool(x) or corpus == "synthetic") and not _remote(x),
+       "a local path (unused by the synthetic corpus)" if corpus == "synthetic"
+       else f"the local {corpus} audio directory (copy a remote corpus to local disk first)"),
+      # The cache reads shards by position and publishes them by rename: object stores can do neither.
+      ("data.cache_dir", "str", lambda x: not _remote(x),
+       "a local directory path ('' for $VAE_JAX_CACHE or ~/.cache/vae-jax); the workdir may be remote"),
       ("data.segment_frames", "int", _pos, "a positive integer"),
       ("data.test_fraction", "num", lambda x: 0 < x < 1, "in (0, 1)"),
       ("data.speaker_level", "int", _pos, "a positive integer (1: each file's parent directory)"),
       ("data.num_workers", "int", _nonneg, "an integer >= 0 (0: one per core)"),
       ("data.prefetch", "int", _nonneg, "an integer >= 0"),
       ("data.max_memory_mb", "int", _pos, "a positive integer"),
+      ("data.holdout", "str", _any, "'' (the corpus's own split) or 'label=class', e.g. 'speaker=jackson'"),
+      ("augment.copies", "int", lambda x: 0 <= x <= 64, "an integer in [0, 64] (0: no augmentation)"),
+      ("augment.seed", "int", _any, "an integer"),
+      ("augment.speed", "num", lambda x: 0 <= x <= 0.5, "in [0, 0.5]"),
+      ("augment.pitch_semitones", "num", lambda x: 0 <= x <= 12, "in [0, 12] semitones"),
+      ("augment.gain_db", "num", lambda x: 0 <= x <= 24, "in [0, 24] dB"),
+      ("augment.noise_snr_db", "num", lambda x: -20 <= x <= 40, "in [-20, 40] dB (0: no noise)"),
       ("synthetic.num_speakers", "int", lambda x: 1 <= x <= 64, "an integer in [1, 64]"),
       ("synthetic.utterances_per_speaker", "int", lambda x: x >= 10, "an integer >= 10"),
       ("synthetic.seed", "int", _any, "an integer"),

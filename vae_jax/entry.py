@@ -112,7 +112,7 @@ def _train(argv: list[str]) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   from vae_jax import distributed, train  # pylint: disable=g-import-not-at-top
-  from vae_jax.cli import default_workdir  # pylint: disable=g-import-not-at-top
+  from vae_jax.cli import check_backend, default_workdir  # pylint: disable=g-import-not-at-top
   from vae_jax.eval import render  # pylint: disable=g-import-not-at-top
   from vae_jax.workdir import disk_full_error  # pylint: disable=g-import-not-at-top
 
@@ -122,6 +122,7 @@ def _train(argv: list[str]) -> None:
     return
   f = flags.FLAGS
   distributed.initialize(f.distributed, f.coordinator_address, f.num_processes, f.process_id)
+  check_backend()  # After joining the cluster: JAX starts its backends only once.
   workdir = f.workdir or default_workdir()
   result = train.train_and_evaluate(f.config, workdir)
   try:
@@ -209,15 +210,21 @@ def _define_eval_flags() -> None:
                 "Codec2, Opus and the Griffin-Lim oracle: <report_dir>/rate_distortion.{md,json,png}.")
   d.DEFINE_list("rd_workdirs", [], "--rate_distortion: more VAE workdirs (e.g. other betas) to add curves for.")
   d.DEFINE_integer("rd_clips", 100, "--rate_distortion: test clips (the first N of the split).", lower_bound=1)
+  d.DEFINE_bool("generalisation", False, "Log-mel MSE, STOI and PESQ on the in-split test, the unseen "
+                "split (data.holdout) and --cross_corpus: <report_dir>/generalisation.{md,json}.")
+  d.DEFINE_multi_string("cross_corpus", [], "--generalisation: another corpus to evaluate on: "
+                        "'synthetic', 'fsdd:PATH' or 'folder:PATH' (repeatable).")
 
 
 def _eval(argv: list[str]) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   from vae_jax.api import resolve_step  # pylint: disable=g-import-not-at-top
+  from vae_jax.cli import check_backend  # pylint: disable=g-import-not-at-top
   from vae_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   from vae_jax.eval import cli as eval_cli  # pylint: disable=g-import-not-at-top
 
+  check_backend()
   f = flags.FLAGS
   extra = list(argv[1:])
   # Plain arguments after the flags are more files for the one file-list flag given.
@@ -242,5 +249,6 @@ def _eval(argv: list[str]) -> None:
       traverse_channels=f.traverse_channels, traverse_range=f.traverse_range,
       traverse_steps=f.traverse_steps, compress=tuple(compress), decompress=tuple(files["decompress"]),
       quant_step=f.quant_step, bitrate=f.bitrate, rate_distortion=f.rate_distortion,
-      rd_workdirs=tuple(f.rd_workdirs), rd_clips=f.rd_clips)
+      rd_workdirs=tuple(f.rd_workdirs), rd_clips=f.rd_clips, generalisation=f.generalisation,
+      cross_corpus=tuple(f.cross_corpus))
   sys.exit(eval_cli.run(options))

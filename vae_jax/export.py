@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 import jax
+import jax.export  # noqa: F401  # An attribute of jax only once imported, before jax 0.8.
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,9 +46,9 @@ class ExportDirError(UserError):
 
 def check_target(directory: str) -> None:
   """Refuses an existing non-empty directory (or a file) before any work: nothing is overwritten."""
-  if os.path.isdir(directory) and os.listdir(directory):
+  if fileio.listdir(directory):
     raise ExportDirError(f"--export={directory}: the directory exists and is not empty; name a new one")
-  if os.path.exists(directory) and not os.path.isdir(directory):
+  if fileio.exists(directory) and not fileio.isdir(directory):
     raise ExportDirError(f"--export={directory}: a file of that name exists; name a new directory")
 
 
@@ -56,25 +57,21 @@ def export(trained: Trained, directory: str) -> dict[str, str]:
   from flax import serialization  # pylint: disable=g-import-not-at-top
 
   check_target(directory)
-  os.makedirs(directory, exist_ok=True)
+  fileio.makedirs(directory)
   paths = {name: os.path.join(directory, name) for name in (
       "params.msgpack", "config.json", "normalizer.json", "encode.jaxexport", "decode.jaxexport",
       "export.json", "README.md")}
   params = jax.tree.map(np.asarray, trained.params)
-  _write_bytes(paths["params.msgpack"], serialization.msgpack_serialize(serialization.to_state_dict(params)))
+  fileio.write_bytes(paths["params.msgpack"], serialization.msgpack_serialize(serialization.to_state_dict(params)))
   fileio.write_text(paths["config.json"], trained.config.to_json_best_effort(indent=2, sort_keys=True))
   fileio.write_json(paths["normalizer.json"], trained.normalizer.to_dict())
   encode, decode, platforms = exported_functions(trained)
-  _write_bytes(paths["encode.jaxexport"], bytes(encode.serialize()))
-  _write_bytes(paths["decode.jaxexport"], bytes(decode.serialize()))
+  fileio.write_bytes(paths["encode.jaxexport"], bytes(encode.serialize()))
+  fileio.write_bytes(paths["decode.jaxexport"], bytes(decode.serialize()))
   manifest = _manifest(trained, platforms)
   fileio.write_json(paths["export.json"], manifest, indent=1)
   fileio.write_text(paths["README.md"], model_card(trained, manifest, _test_figures(trained)))
   return paths
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-  fileio.atomic_write(path, lambda f: f.write(data))
 
 
 def exported_functions(trained: Trained) -> tuple[Any, Any, tuple[str, ...]]:
@@ -130,8 +127,7 @@ def _test_figures(trained: Trained) -> tuple[dict[str, float], str]:
   """The report's figures and where they come from; empty when the workdir has no report of this step."""
   path = os.path.join(trained.workdir, "eval", "metrics.json")
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(fileio.read_text(path))
   except (OSError, ValueError):
     return {}, f"no test-split report ({path}): run `python eval.py --workdir={trained.workdir}`"
   figures = {k: float(saved[k]) for k in CARD_METRICS if isinstance(saved.get(k), (int, float))}
@@ -174,7 +170,7 @@ def model_card(trained: Trained, manifest: dict[str, Any], test: tuple[dict[str,
       f"and time are symbolic, but the time axis must be a multiple of the stride, {s} frames: pad "
       "with any value and give a mask of 1 on real frames and 0 on padding.", "",
       "```python",
-      "import jax, numpy as np",
+      "import jax, jax.export, numpy as np",
       "encode = jax.export.deserialize(open('encode.jaxexport', 'rb').read())",
       "decode = jax.export.deserialize(open('decode.jaxexport', 'rb').read())",
       f"log_mel = np.zeros((1, {8 * s}, {fc.n_mels}), np.float32); mask = np.ones((1, {8 * s}), np.float32)",

@@ -1,43 +1,140 @@
-"""Atomic file writes and JSON-safe values, shared by runs, caches, checkpoints and reports."""
+"""The one path layer: local or remote (`gs://`) files through etils.epath, atomic local writes, JSON-safe values.
 
+Paths stay strings everywhere in the package (joining with `os.path.join` keeps `gs://b/x`
+intact); every read, write, listing and deletion of a workdir, report or output path goes
+through `path()` here, so that a workdir on Cloud Storage works wherever a local one does.
+"""
+
+import contextlib
 import json
+import logging
 import math
 import os
+import shutil
 import tempfile
 from typing import Any, BinaryIO, Callable
 
+from etils import epath
 import numpy as np
 
+from vae_jax.errors import UserError
 
-def atomic_write(path: str, write: Callable[[BinaryIO], Any], fsync: bool = False) -> None:
-  """Writes through a temporary `*.tmp` file and a rename: `path` is either the old or the new file.
+REMOTE_EXTRA = "gcs"  # pip install 'vae-jax[gcs]' brings the Cloud Storage client epath uses.
+
+
+class RemotePathError(UserError):
+  """A remote path that this installation or its storage cannot serve."""
+
+
+def is_remote(p: str | os.PathLike) -> bool:
+  """Whether `p` names a file system other than the local one (`gs://...`, `s3://...`)."""
+  return "://" in os.fspath(p)
+
+
+def absolute(p: str | os.PathLike) -> str:
+  """An absolute local path, or the remote URL unchanged (`abspath` would mangle `gs://`)."""
+  p = os.fspath(p)
+  return p if is_remote(p) else os.path.abspath(p)
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+  """`p` as an epath.Path; RemotePathError in one line if its file system is not installed."""
+  p = os.fspath(p)
+  if p.startswith("gs://"):
+    try:
+      import gcsfs  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise RemotePathError(f"{p} is on Cloud Storage, which needs the optional client: "
+                            f"pip install 'vae-jax[{REMOTE_EXTRA}]'") from None
+    # gcsfs logs each retry with a traceback and its fallbacks as warnings; the error it ends
+    # with reaches the caller, which reports it in one line.
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
+    # Orbax writes arrays through TensorStore, a client of its own: a cached listing here would
+    # miss them (the checkpoints' integrity records list what is there).
+    import fsspec.config  # pylint: disable=g-import-not-at-top
+
+    fsspec.config.conf.setdefault("gs", {})["use_listings_cache"] = False
+  return epath.Path(p)
+
+
+def makedirs(p: str) -> None:
+  """Creates a directory and its parents (a no-op on object stores, which have none)."""
+  path(p).mkdir(parents=True, exist_ok=True)
+
+
+def exists(p: str) -> bool:
+  return path(p).exists()
+
+
+def isdir(p: str) -> bool:
+  return path(p).is_dir()
+
+
+def listdir(p: str) -> list[str]:
+  """The sorted names in a directory; [] if it does not exist."""
+  d = path(p)
+  return sorted(c.name for c in d.iterdir()) if d.is_dir() else []
+
+
+def move(src: str, dst: str) -> None:
+  """Moves a file or directory tree (on object stores: copies, then deletes, object by object)."""
+  if is_remote(src) or is_remote(dst):
+    path(src)  # The client is installed, or RemotePathError.
+    import fsspec  # pylint: disable=g-import-not-at-top  # epath's rename wants dst's folder to exist.
+
+    fsspec.filesystem(src.split("://", 1)[0]).mv(src, dst, recursive=True)
+  else:
+    shutil.move(src, dst)
+
+
+def read_bytes(p: str) -> bytes:
+  return path(p).read_bytes()
+
+
+def read_text(p: str) -> str:
+  return path(p).read_text()
+
+
+def atomic_write(p: str, write: Callable[[BinaryIO], Any], fsync: bool = False) -> None:
+  """Writes through a temporary `*.tmp` file and a rename: `p` is either the old or the new file.
 
   A kill mid-write leaves only the temporary file, which the feature cache sweeps up
-  (see data/store.py); `fsync` also survives a power cut (checkpoint records).
+  (see data/store.py); `fsync` also survives a power cut (checkpoint records). On object
+  stores an upload is atomic already (the object appears whole or not at all).
   """
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+  if is_remote(p):
+    with path(p).open("wb") as f:
+      write(f)
+    return
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(p) or ".", suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
       write(f)
       if fsync:
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(tmp, p)
   except BaseException:
-    if os.path.exists(tmp):
+    with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
 
 
-def write_text(path: str, text: str) -> None:
+def write_bytes(p: str, data: bytes) -> None:
+  """Bytes to a file (creating its directory), written atomically."""
+  makedirs(os.path.dirname(p) or ".")
+  atomic_write(p, lambda f: f.write(data))
+
+
+def write_text(p: str, text: str) -> None:
   """A text file, written atomically."""
-  atomic_write(path, lambda f: f.write(text.encode()))
+  atomic_write(p, lambda f: f.write(text.encode()))
 
 
-def write_json(path: str, obj: Any, fsync: bool = False, **dump_kwargs) -> None:
+def write_json(p: str, obj: Any, fsync: bool = False, **dump_kwargs) -> None:
   """`obj` as JSON (see to_jsonable), written atomically."""
   text = json.dumps(to_jsonable(obj), **dump_kwargs)
-  atomic_write(path, lambda f: f.write(text.encode()), fsync=fsync)
+  atomic_write(p, lambda f: f.write(text.encode()), fsync=fsync)
 
 
 def to_jsonable(v: Any) -> Any:

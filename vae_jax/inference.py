@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vae_jax import fileio
 from vae_jax.audio import io as audio_io
 from vae_jax.audio import spectral
 from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel
@@ -183,7 +184,7 @@ def config_from_json(d: dict) -> ml_collections.ConfigDict:
 def open_checkpoints(workdir: str, step: int | None, hint: str) -> tuple[Checkpointer, int]:
   """A read-only Checkpointer of a workdir and the step to restore (default: the latest); one-line errors."""
   directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     raise CheckpointError(f"no checkpoints in {workdir}: {hint}")
   # Read-only: the run may still be training and writing here.
   ckpt = Checkpointer(directory, read_only=True)
@@ -223,4 +224,4 @@ def load_trained(workdir: str, step: int | None = None) -> Trained:
   normalizer = Normalizer.from_dict(meta["normalizer"])
   fc = FeatureConfig.from_config(config.features)
   params = jax.device_get(state.params)
-  return Trained(os.path.abspath(workdir), step, config, model, params, normalizer, fc)
+  return Trained(fileio.absolute(workdir), step, config, model, params, normalizer, fc)

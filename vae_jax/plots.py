@@ -1,5 +1,6 @@
 """Spectrogram figures shared by training, evaluation and the notebooks."""
 
+import io
 from typing import Sequence
 
 import matplotlib
@@ -7,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from vae_jax import fileio  # noqa: E402
 
 
 def spectrogram_grid(panels: Sequence[tuple[str, np.ndarray]], frames_per_second: float,
@@ -35,7 +38,10 @@ def spectrogram_grid(panels: Sequence[tuple[str, np.ndarray]], frames_per_second
   return fig
 
 
-def save_figure(fig, path: str) -> str:
-  fig.savefig(path, dpi=100)
+def save_figure(fig, path: str, dpi: int = 100) -> str:
+  """Saves a figure as PNG (to a local or remote path) and closes it."""
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=dpi, format="png")
   plt.close(fig)
+  fileio.write_bytes(path, buf.getvalue())
   return path

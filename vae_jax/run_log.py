@@ -10,6 +10,11 @@ from typing import Any, Mapping
 import numpy as np
 import tqdm
 
+from vae_jax import fileio
+
+# Remote metrics.jsonl: seconds between uploads of the whole file (objects cannot be appended to).
+REMOTE_FLUSH_S = 30.0
+
 
 def flatten_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
   """Vector metrics become one scalar per index: `train/kl_per_channel/03`."""
@@ -32,6 +37,33 @@ def _ends_mid_line(path: str) -> bool:
     return f.read(1) != b"\n"
 
 
+class _RemoteLines:
+  """An append-only text object on remote storage, which cannot append: rewritten whole, at most every `every_s`.
+
+  A run killed between uploads loses at most `every_s` of rows; a resumed run logs the steps
+  after its checkpoint again anyway.
+  """
+
+  def __init__(self, path: str, every_s: float = REMOTE_FLUSH_S):
+    self.path, self.every_s = path, every_s
+    old = fileio.read_text(path) if fileio.exists(path) else ""
+    self._chunks = [old + ("\n" if old and not old.endswith("\n") else "")]
+    self._dirty, self._uploaded = False, -math.inf
+
+  def write(self, text: str) -> None:
+    self._chunks.append(text)
+    self._dirty = True
+
+  def flush(self, force: bool = False) -> None:
+    if self._dirty and (force or time.monotonic() - self._uploaded >= self.every_s):
+      self._chunks = ["".join(self._chunks)]
+      fileio.write_text(self.path, self._chunks[0])
+      self._dirty, self._uploaded = False, time.monotonic()
+
+  def close(self) -> None:
+    self.flush(force=True)
+
+
 class RunLog:
   """Writes `metrics.jsonl` and TensorBoard events under a workdir; a no-op when disabled."""
 
@@ -39,11 +71,14 @@ class RunLog:
     self.enabled = enabled
     self._tb = None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      fileio.makedirs(workdir)
       path = os.path.join(workdir, "metrics.jsonl")
-      self._jsonl = open(path, "a")
-      if _ends_mid_line(path):  # A killed run left half a row: start ours on a line of its own.
-        self._jsonl.write("\n")
+      if fileio.is_remote(path):
+        self._jsonl = _RemoteLines(path)
+      else:
+        self._jsonl = open(path, "a")
+        if _ends_mid_line(path):  # A killed run left half a row: start ours on a line of its own.
+          self._jsonl.write("\n")
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))

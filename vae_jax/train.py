@@ -249,7 +249,7 @@ def _vae_task(config, workdir: str, meta: dict | None, devices, base_key, signal
   _save_normalizer(workdir, data.normalizer)
   eval_step, e = make_eval_step(model), config.eval
   # The same jitted path eval.py loads a checkpoint into: what a run writes is what eval.py hears.
-  trained = Trained(os.path.abspath(workdir), 0, config, model, state.params, data.normalizer,
+  trained = Trained(fileio.absolute(workdir), 0, config, model, state.params, data.normalizer,
                     data.feature_config)
 
   def evaluate(step: int, params, writer: RunLog) -> dict[str, Any]:

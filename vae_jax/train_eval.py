@@ -6,7 +6,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from vae_jax import plots
+from vae_jax import fileio, plots
 from vae_jax.audio import io as audio_io
 from vae_jax.audio.features import Normalizer
 from vae_jax.data.loader import eval_batches
@@ -62,7 +62,7 @@ def write_reconstructions(trained: Trained, test: Split, workdir: str, writer: R
   Through `Trained`, as eval.py: the audio of a step is what eval.py writes for its checkpoint.
   """
   out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   fc, step = trained.feature_config, trained.step
   panels = []
   for i in range(min(trained.config.eval.num_audio_examples, len(test))):

@@ -28,6 +28,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from vae_jax import fileio
 from vae_jax.errors import UserError
 
 log = logging.getLogger("vae_jax")
@@ -92,6 +93,8 @@ def hold(workdir: str) -> Iterator[WorkdirLock | None]:
 
 def prepare(workdir: str) -> str:
   """Creates the workdir and checks that this process can write to it; returns its absolute path."""
+  if fileio.is_remote(workdir):
+    return _prepare_remote(workdir)
   path = os.path.abspath(workdir)
   if os.path.lexists(path) and not os.path.isdir(path):
     raise WorkdirError(f"cannot use workdir {workdir}: it is a file, not a directory")
@@ -101,6 +104,26 @@ def prepare(workdir: str) -> str:
   except OSError as e:
     raise WorkdirError(f"cannot use workdir {workdir}: {describe_os_error(e, path)}") from None
   return path
+
+
+def _prepare_remote(workdir: str) -> str:
+  """Checks that a remote workdir (`gs://...`) can be reached and written: a probe object, then deleted."""
+  probe = os.path.join(workdir, f".write-test-{socket.gethostname()}-{os.getpid()}")
+  try:
+    fileio.makedirs(workdir)
+    fileio.path(probe).write_bytes(b"")
+    fileio.path(probe).unlink()
+  except fileio.RemotePathError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # Storage clients raise many kinds.
+    raise WorkdirError(f"cannot use workdir {workdir}: {remote_error(e)}") from None
+  return workdir
+
+
+def remote_error(e: BaseException) -> str:
+  """A storage client's error in a few words (its first line)."""
+  text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+  return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
 
 
 def _check_writable(path: str) -> None:
@@ -121,6 +144,10 @@ def _check_writable(path: str) -> None:
 
 def _lock(workdir: str, path: str) -> WorkdirLock:
   lock_path = os.path.join(path, LOCK_FILE)
+  if fileio.is_remote(path):
+    log.warning("cannot lock %s (object storage has no file locks): a second run in this workdir "
+                "would not be refused", workdir)
+    return WorkdirLock(path, None)
   try:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
   except OSError as e:
@@ -178,7 +205,7 @@ def held_elsewhere(path: str) -> Iterator[str | None]:
 
   While it yields None it holds a shared lock, so that no run can start meanwhile.
   """
-  if os.path.realpath(path) in _HELD:  # This process's own run.
+  if os.path.realpath(path) in _HELD or fileio.is_remote(path):  # Its own run, or no locks to ask.
     yield None
     return
   try:

@@ -249,7 +249,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str, meta: dict | None
   if jax.process_index() == 0:
     fileio.write_json(os.path.join(workdir, "normalizer.json"), normalizer.to_dict())
   eval_step, e = make_eval_step(model), config.eval
-  trained = Trained(os.path.abspath(workdir), 0, config, model, state.params, normalizer, data.feature_config)
+  trained = Trained(fileio.absolute(workdir), 0, config, model, state.params, normalizer, data.feature_config)
 
   def evaluate(step: int, params, writer) -> dict[str, Any]:
     # The fine-tuned VAE's ELBO: encoder (so q and the KL) as trained, decoder fine-tuned.
@@ -267,7 +267,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str, meta: dict | None
 
   task_meta = {
       "normalizer": normalizer.to_dict(),
-      "vae": {"workdir": os.path.abspath(vae.workdir), "step": vae.step, "params_hash": vae_hash},
+      "vae": {"workdir": fileio.absolute(vae.workdir), "step": vae.step, "params_hash": vae_hash},
   }
   step_fn = functools.partial(adversarial_train_step, model=model, disc=disc, config=config,
                               disc_cfg=disc_config(config))

@@ -56,7 +56,7 @@ class FeatureConfig:
         raise ConfigError(f"{name}={value!r} is not usable: it must be {accepted}")
     try:
       librosa.filters.get_window(self.window, self.win_length)
-    except Exception:
+    except (ValueError, TypeError):  # What scipy raises for an unknown window; anything else is not the user's.
       raise ConfigError(f"features.window={self.window!r} is not a window librosa knows (e.g. 'hann')") from None
     with warnings.catch_warnings():  # librosa warns about empty bands; they are refused below.
       warnings.simplefilter("ignore", UserWarning)

@@ -1,9 +1,12 @@
 """Reading, checking and writing audio files."""
 
+import io
 import os
 
 import numpy as np
 import soundfile as sf
+
+from vae_jax import fileio
 
 # mp3 needs libsndfile >= 1.1 (soundfile's wheels bundle 1.2); read_audio says so if it is older.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -98,8 +101,10 @@ def _check_values(wave: np.ndarray) -> None:
 
 def write_audio(path: str, wave: np.ndarray, sample_rate: int) -> None:
   """Writes a mono waveform as 16-bit PCM, clipping to [-1, 1]."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  sf.write(path, np.clip(np.asarray(wave, np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16")
+  buf = io.BytesIO()  # Through memory, so that the same call writes to a remote directory.
+  sf.write(buf, np.clip(np.asarray(wave, np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16",
+           format="WAV")
+  fileio.write_bytes(path, buf.getvalue())
 
 
 def _short(e: Exception, path: str = "") -> str:

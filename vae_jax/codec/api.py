@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from vae_jax import fileio
 from vae_jax.codec import bitstream, coder, priors, sequence
 from vae_jax.errors import DataError, UserError
 from vae_jax.prior.training import params_hash
@@ -135,18 +136,16 @@ def encode_file(trained, wave_path: str, out_path: str, prior=None,
   """Compresses an audio file into out_path (.vjx) and returns its bytes; DataError if it is not audio."""
   wave, log_mel_TxF = trained.load_audio(wave_path)
   data = compress(trained, log_mel_TxF, prior, quant_step, step_mode, num_samples=len(wave))
-  with open(out_path, "wb") as f:
-    f.write(data)
+  fileio.write_bytes(out_path, data)
   return data
 
 
 def decode_file(trained, vjx_path: str, prior=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(latents [Tz, C], log-mel [T, F], waveform) of a .vjx file, re-synthesised with Griffin-Lim."""
   try:
-    with open(vjx_path, "rb") as f:
-      data = f.read()
+    data = fileio.read_bytes(vjx_path)
   except OSError as e:
-    raise DataError(f"{vjx_path}: cannot be read ({e.strerror})") from None
+    raise DataError(f"{vjx_path}: cannot be read ({e.strerror or e})") from None
   header, z_TzxC = read(trained, data, prior, vjx_path)
   log_mel_TxF = trained.decode(z_TzxC, header.mel_frames)
   length = (header.mel_frames - 1) * trained.feature_config.hop_length + header.extra_samples

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import soundfile
 
+from vae_jax import fileio
 from vae_jax.codec import api
 from vae_jax.errors import DataError, UserError
 from vae_jax.eval import metrics
@@ -20,11 +21,14 @@ _MIN_STEP, _MAX_STEP = 1e-3, 1e3
 
 def quality(trained, wave_ref: np.ndarray, wave_est: np.ndarray, mel_ref_TxF: np.ndarray,
             mel_est_TxF: np.ndarray) -> dict[str, float]:
-  """Log-mel MSE, STOI and PESQ (nan where undefined) of a decoded utterance against its source."""
+  """Log-mel MSE, STOI and PESQ of a decoded utterance against its source; nan, and `<name>_missing`, where undefined."""
   m, sr = metrics, trained.feature_config.sample_rate
-  pesq = m.pesq(wave_ref, wave_est, sr)
-  return {"logmel_mse": m.logmel_mse(mel_ref_TxF, mel_est_TxF), "stoi": m.stoi(wave_ref, wave_est, sr),
-          "pesq": math.nan if pesq is None else pesq}
+  out = {"logmel_mse": m.logmel_mse(mel_ref_TxF, mel_est_TxF)}
+  for name, scored in (("stoi", m.stoi_scored(wave_ref, wave_est, sr)), ("pesq", m.pesq_scored(wave_ref, wave_est, sr))):
+    out[name] = scored.or_nan()
+    if scored.missing:
+      out[f"{name}_missing"] = scored.missing
+  return out
 
 
 def step_for_bitrate(trained, log_mels: Sequence[np.ndarray], kbps: float, prior=None,
@@ -67,8 +71,12 @@ def _run(paths: Sequence[str], one: Callable[[str], dict[str, Any]], line: Calla
 
 
 def _line(row: dict[str, Any]) -> str:
-  return (f"{row['file']}: {row['bytes']} bytes, {row['kbps']:.2f} kbit/s, log-mel MSE "
-          f"{row['logmel_mse']:.4f}, STOI {row['stoi']:.3f}, PESQ {row['pesq']:.2f}")
+  """One file's line; an undefined metric is 'n/a' and its reason follows."""
+  num = lambda key, digits: "n/a" if math.isnan(row[key]) else f"{row[key]:.{digits}f}"
+  line = (f"{row['file']}: {row['bytes']} bytes, {row['kbps']:.2f} kbit/s, log-mel MSE "
+          f"{row['logmel_mse']:.4f}, STOI {num('stoi', 3)}, PESQ {num('pesq', 2)}")
+  missing = [f"{k} ({row[f'{k}_missing']})" for k in ("stoi", "pesq") if f"{k}_missing" in row]
+  return line + (f"; missing: {'; '.join(missing)}" if missing else "")
 
 
 def compress_files(trained, paths: Sequence[str], out_dir: str, prior=None, quant_step: float | None = None,
@@ -77,7 +85,7 @@ def compress_files(trained, paths: Sequence[str], out_dir: str, prior=None, quan
   """Writes <name>.vjx and <name>.decoded.wav per file into out_dir; (one row per good file, exit status)."""
   if quant_step is not None and bitrate is not None:
     raise UserError("give --quant_step or --bitrate, not both")
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   if bitrate is not None:
     good = []
     for p in paths:
@@ -106,7 +114,7 @@ def compress_files(trained, paths: Sequence[str], out_dir: str, prior=None, quan
 def decompress_files(trained, paths: Sequence[str], out_dir: str,
                      prior=None) -> tuple[list[dict[str, Any]], int]:
   """Writes <name>.decoded.wav per .vjx file into out_dir; (one row per good file, exit status)."""
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   sr = trained.feature_config.sample_rate
 
   def one(path: str) -> dict[str, Any]:

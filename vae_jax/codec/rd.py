@@ -36,7 +36,7 @@ def _scores(trained, clips, waves_hat, mels_hat=None) -> dict[str, float]:
   """Mean log-mel MSE, STOI and PESQ of decoded clips (log-mel from the decoded waves if not given)."""
   mels_hat = mels_hat or [_log_mel(trained, w)[:len(m)] for w, (_, m) in zip(waves_hat, clips)]
   rows = [batch.quality(trained, w, wh, m[:len(mh)], mh) for (w, m), wh, mh in zip(clips, waves_hat, mels_hat)]
-  return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+  return {k: float(np.nanmean([r[k] for r in rows])) for k in ("logmel_mse", "stoi", "pesq")}
 
 
 def _synth(trained, clips, mels) -> list[np.ndarray]:
@@ -160,7 +160,7 @@ def rate_distortion(trained, paths: Sequence[str], quant_steps: Sequence[float],
 
 def write_rate_distortion(rows: Sequence[dict[str, Any]], out_dir: str, clips: int) -> dict[str, str]:
   """rate_distortion.json, .png and .md (a table per curve and baseline) in out_dir; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   paths = {k: os.path.join(out_dir, f"rate_distortion.{k}") for k in ("json", "png", "md")}
   fileio.write_json(paths["json"], {"clips": clips, "rows": list(rows)}, indent=1)
   plot_rate_distortion(rows, paths["png"])
@@ -184,6 +184,8 @@ def plot_rate_distortion(rows: Sequence[dict[str, Any]], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+  from vae_jax import plots  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, metric in zip(axes, ("pesq", "stoi")):
     colours = {}
@@ -204,5 +206,4 @@ def plot_rate_distortion(rows: Sequence[dict[str, Any]], path: str) -> None:
     ax.grid(alpha=0.3)
   axes[1].legend(fontsize=7, loc="lower right")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save_figure(fig, path, dpi=120)

@@ -23,8 +23,9 @@ class Entry:
 
   name: str  # Unique within the corpus (relative path without extension).
   path: str
-  split: str  # "train" or "test".
+  split: str  # "train", "test", or "unseen" (a class left out by data.holdout).
   labels: Mapping[str, int]
+  augment: str = ""  # Perturbation of the audio before extraction (vae_jax.data.augment); "" for none.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,11 @@ class Corpus:
 
 
 def build_corpus(config) -> Corpus:
-  """Lists the corpus named by `config.data.corpus`."""
+  """Lists the corpus named by `config.data.corpus`, with the class named by `data.holdout` left out."""
+  return holdout_split(_listed_corpus(config), config.data.get("holdout", ""))
+
+
+def _listed_corpus(config) -> Corpus:
   kind = config.data.corpus
   if kind == "synthetic":
     return synthetic_corpus(config)
@@ -48,6 +53,33 @@ def build_corpus(config) -> Corpus:
     return folder_corpus(_existing_dir(config.data.path, "folder"), config.data.test_fraction,
                          config.data.speaker_level)
   raise ConfigError(f"data.corpus={kind!r} is not a corpus: use 'synthetic', 'fsdd' or 'folder'")
+
+
+def holdout_split(corpus: Corpus, holdout: str) -> Corpus:
+  """Every utterance of one class (holdout = "label=class") in the "unseen" split; the rest keep theirs.
+
+  "" keeps the corpus's own split. The train and test splits then hold the other
+  classes' train and test utterances, so no train or test utterance has the class.
+  """
+  if not holdout:
+    return corpus
+  if not isinstance(holdout, str) or holdout.count("=") != 1:
+    raise ConfigError(f"data.holdout={holdout!r} is not a holdout: use '' (the corpus's own split) or "
+                      "'label=class', e.g. 'speaker=jackson' or 'digit=7'")
+  label, value = (part.strip() for part in holdout.split("="))
+  if label not in corpus.label_names:
+    labels = ", ".join(sorted(corpus.label_names)) or "none"
+    raise ConfigError(f"data.holdout={holdout!r}: the {corpus.name} corpus has no label {label!r} "
+                      f"(its labels: {labels}): use one of them, as in 'label=class'")
+  names = corpus.label_names[label]
+  if value not in names:
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    raise ConfigError(f"data.holdout={holdout!r}: the {corpus.name} corpus has no {label} {value!r} "
+                      f"(its {label} classes: {shown})")
+  index = names.index(value)
+  entries = tuple(dataclasses.replace(e, split="unseen") if e.labels.get(label) == index else e
+                  for e in corpus.entries)
+  return dataclasses.replace(corpus, entries=entries)
 
 
 def _existing_dir(path: str, kind: str) -> str:

@@ -36,7 +36,7 @@ import tqdm
 
 from vae_jax.audio import io as audio_io
 from vae_jax.audio.features import FeatureConfig, Normalizer, log_mel
-from vae_jax.data import stream
+from vae_jax.data import augment, stream
 from vae_jax.data.corpora import Corpus, Entry, build_corpus, cache_root
 from vae_jax.errors import DataError
 from vae_jax.fileio import atomic_write
@@ -153,6 +153,7 @@ class Dataset:
   test: Split
   label_names: Mapping[str, tuple[str, ...]]
   normalizer: Normalizer
+  unseen: Split | None = None  # The class data.holdout leaves out of train and test; None without one.
 
 
 def load_dataset(config, normalizer: Normalizer | None = None, *, process_index: int = 0,
@@ -165,7 +166,7 @@ def load_dataset(config, normalizer: Normalizer | None = None, *, process_index:
   to fit the normaliser.
   """
   fc = FeatureConfig.from_config(config.features)
-  corpus = build_corpus(config)
+  corpus = augment.augmented_corpus(build_corpus(config), config)
   store = extract_features(corpus, fc, cache_root(config), config.data.num_workers,
                            process_index=process_index, process_count=process_count)
   max_bytes = config.data.max_memory_mb * 2**20
@@ -179,10 +180,13 @@ def load_dataset(config, normalizer: Normalizer | None = None, *, process_index:
     if split.streaming:
       log.info("the %s split (%.0f MiB of features, over data.max_memory_mb=%d) streams from %s",
                name, split.nbytes / 2**20, config.data.max_memory_mb, store.cache_dir)
+  unseen = None
+  if any(e.split == "unseen" for e in corpus.entries):
+    unseen = _split(corpus, store, "unseen", max_bytes)
   if normalizer is None:
     normalizer = fit_normalizer(train, process_index=process_index, process_count=process_count,
                                 exchange_dir=store.cache_dir)
-  return Dataset(corpus.name, fc, train, test, corpus.label_names, normalizer)
+  return Dataset(corpus.name, fc, train, test, corpus.label_names, normalizer, unseen)
 
 
 @dataclasses.dataclass
@@ -251,7 +255,7 @@ def _exchanged_moments(split: Split, bounds: list[tuple[int, int]], p: int, coun
 
 def cache_key(entries: Iterable[Entry], fc: FeatureConfig,
               stamps: Sequence[str] | None = None) -> str:
-  """Hash of the feature config, the shard layout and the files (path, size, mtime)."""
+  """Hash of the feature config, the shard layout and the files (path, size, mtime, augmentation)."""
   entries = list(entries)
   stamps = [_stamp(e.path) for e in entries] if stamps is None else stamps
   h = hashlib.sha256(fc.to_json().encode())
@@ -259,6 +263,8 @@ def cache_key(entries: Iterable[Entry], fc: FeatureConfig,
   h.update(f"\0format={CACHE_FORMAT}\0files_per_shard={FILES_PER_SHARD}".encode())
   for e, stamp in zip(entries, stamps, strict=True):
     h.update(f"\0{e.name}\0{os.path.abspath(e.path)}\0{stamp}".encode())
+    if e.augment:  # Only augmented copies add to the hash: caches without any keep their keys.
+      h.update(f"\0augment={e.augment}".encode())
   return h.hexdigest()[:20]
 
 
@@ -498,8 +504,7 @@ def _extract_chunks(chunks, todo, cache_dir, fc, num_workers):
   bar = tqdm.tqdm(total=total, desc="log-mel features", unit="file", disable=None)
   try:
     for i in todo:
-      paths = [e.path for e in chunks[i]]
-      args = [(p, fc) for p in paths]
+      args = [(e.path, fc, e.augment) for e in chunks[i]]
       results = executor.map(_extract_one, args, chunksize=8) if executor else map(_extract_one, args)
       kept, skipped, parts, start = [], [], [], 0
       for entry, (feats, reason) in zip(chunks[i], results):
@@ -521,12 +526,14 @@ def _extract_chunks(chunks, todo, cache_dir, fc, num_workers):
       executor.shutdown(cancel_futures=True)
 
 
-def _extract_one(args: tuple[str, FeatureConfig]) -> tuple[np.ndarray | None, str | None]:
-  path, fc = args
+def _extract_one(args: tuple[str, FeatureConfig, str]) -> tuple[np.ndarray | None, str | None]:
+  path, fc, spec = args
   try:
     wave = audio_io.read_audio(path, fc.sample_rate, min_samples=fc.win_length)
   except audio_io.BadAudio as e:
     return None, str(e)
+  if spec:
+    wave = augment.apply(wave, spec, fc.sample_rate)
   feats = log_mel(wave, fc)
   if not np.all(np.isfinite(feats)):
     return None, "features are not finite"

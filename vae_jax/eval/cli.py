@@ -64,6 +64,9 @@ class EvalOptions:
   rate_distortion: bool = False
   rd_workdirs: tuple[str, ...] = ()
   rd_clips: int = 100
+  # Generalisation (vae_jax/eval/generalisation.py): in-split test, unseen class, other corpora.
+  generalisation: bool = False
+  cross_corpus: tuple[str, ...] = ()  # "synthetic", "fsdd:PATH" or "folder:PATH".
 
 
 def run(o: EvalOptions) -> int:
@@ -81,6 +84,7 @@ def run(o: EvalOptions) -> int:
                     "(train one with configs/fsdd_prior.py)")
   other = bool(o.audio or o.sample or o.interpolate or o.traverse or o.sample_quality or o.export
                or o.compress or o.decompress or o.rate_distortion)
+  other = other or o.generalisation
   status = 0
   if o.export:
     if prior is not None:
@@ -94,6 +98,8 @@ def run(o: EvalOptions) -> int:
   if o.audio:
     status = _audio(o, trained)
   status = max(status, _codec(o, trained, prior))
+  if o.generalisation:
+    _generalisation(o, trained)
   utterances = generate.Utterances(trained, o.data_path)
   if o.sample:
     paths = _samples(o, trained, prior, utterances)
@@ -169,11 +175,23 @@ def _codec(o: EvalOptions, trained, prior) -> int:
   return status
 
 
+def _generalisation(o: EvalOptions, trained) -> None:
+  """--generalisation: in-split test, unseen and cross-corpus rows as generalisation.{md,json}."""
+  from vae_jax.eval import generalisation  # pylint: disable=g-import-not-at-top
+
+  rows = generalisation.evaluate(trained, data_path=o.data_path, cross_corpora=o.cross_corpus,
+                                 audio_metrics=o.audio_metrics, max_utterances=o.max_utterances,
+                                 seed=o.seed)
+  paths = generalisation.write(rows, trained, o.report_dir or os.path.join(o.workdir, "eval"))
+  print(generalisation.table(rows, trained), end="")
+  print(f"generalisation report: {paths['md']} and {paths['json']}")
+
+
 def _generation_only(o: EvalOptions, prior) -> None:
   """--sample_quality: the generation section alone, as generation.md and generation.json."""
   m, lines = _generation(o, prior)
   out = o.report_dir or os.path.join(o.workdir, "eval")
-  os.makedirs(out, exist_ok=True)
+  fileio.makedirs(out)
   fileio.write_text(os.path.join(out, "generation.md"), "\n".join(lines) + "\n")
   fileio.write_json(os.path.join(out, "generation.json"),
                     {"workdir": prior.workdir, "step": prior.step, **m}, indent=1)
@@ -265,9 +283,8 @@ def _kl_per_channel(o: EvalOptions, trained, utterances: generate.Utterances,
                     log_mel_TxF: np.ndarray) -> np.ndarray:
   """Test-split KL per channel (from the report's metrics.json when it matches), else the utterance's own."""
   path = os.path.join(o.report_dir or os.path.join(o.workdir, "eval"), "metrics.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if fileio.exists(path):
+    saved = json.loads(fileio.read_text(path))
     if saved.get("step") == trained.step and "eval/kl_per_channel" in saved:
       return np.asarray(saved["eval/kl_per_channel"], np.float64)
   try:

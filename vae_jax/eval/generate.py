@@ -67,7 +67,7 @@ def reconstruct_files(trained: Trained, paths: Sequence[str], out_dir: str,
   go on. metrics.json is rewritten atomically after every file, so a crash loses
   at most the file in hand; `on_result(name, metrics)` hears of each file as it is done.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   json_path = os.path.join(out_dir, "metrics.json")
   results, errors = {}, []
   fileio.write_json(json_path, results, indent=1)  # A metrics.json of an earlier run must not pass for this one's.
@@ -217,7 +217,7 @@ def write_samples(trained: Trained, mels: Sequence[np.ndarray], out_dir: str, ti
   """WAVs of sampled log-mels (names padded to sort), a grid PNG of the first MAX_GRID_PANELS and samples.json."""
   if not mels:
     raise UserError("--sample=0: ask for at least one sample")
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   fc = trained.feature_config
   width = max(2, len(str(len(mels) - 1)))
   paths = []
@@ -238,7 +238,7 @@ def write_interpolation(trained: Trained, a: tuple[str, np.ndarray], b: tuple[st
                         align: str = "resample", seed: int = 0) -> list[str]:
   """Decodes `interpolation` between two utterances: a WAV per step, all steps in one WAV, a PNG grid."""
   (name_a, mel_a), (name_b, mel_b) = a, b
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   fc = trained.feature_config
   _, mels = interpolation(trained, mel_a, mel_b, steps, method, align)
   waves = synthesize(trained, mels, seed=seed)
@@ -283,7 +283,7 @@ def write_traversal(trained: Trained, utterance: tuple[str, np.ndarray], kl_per_
   channel with the shifted decodes in order, separated by short silences.
   """
   name, mel = utterance
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   fc = trained.feature_config
   z = trained.encode(mel)[0]
   shifts = np.linspace(-max_shift, max_shift, num_shifts)

@@ -26,7 +26,7 @@ def fmt(v: Any, digits: int = 3) -> str:
 
 def write_report(report: Report, directory: str) -> dict[str, str]:
   """Writes metrics.json, the figures and report.md into `directory`; returns their paths."""
-  os.makedirs(directory, exist_ok=True)
+  fileio.makedirs(directory)
   paths = {"metrics": os.path.join(directory, "metrics.json"),
            "report": os.path.join(directory, "report.md")}
   doc = {"workdir": report.trained.workdir, "step": report.trained.step,
@@ -374,8 +374,8 @@ def summary_table(m: Mapping[str, Any]) -> str:
 def write_training_report(workdir: str, result: dict[str, Any]) -> str:
   """A short markdown summary of the run: final evaluation and where everything is."""
   samples_dir = os.path.join(workdir, "samples")
-  latest = sorted(f for f in os.listdir(samples_dir) if f.endswith(".png")) if os.path.isdir(samples_dir) else []
-  lines = [f"# Training run `{os.path.basename(os.path.abspath(workdir))}`", ""]
+  latest = [f for f in fileio.listdir(samples_dir) if f.endswith(".png")]
+  lines = [f"# Training run `{os.path.basename(fileio.absolute(workdir).rstrip('/'))}`", ""]
   step, total = result["step"], result.get("num_steps", result["step"])
   if step < total:  # Stopped by train.max_steps_per_run: a part of the run, not its end.
     lines += [f"Steps: {step} of {total}: this part stopped at train.max_steps_per_run; "
@@ -399,7 +399,7 @@ def write_training_report(workdir: str, result: dict[str, Any]) -> str:
 
 
 def _newest_step_dir(directory: str) -> str:
-  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+  steps = [int(d) for d in fileio.listdir(directory) if d.isdigit()]
   return os.path.join(directory, str(max(steps))) if steps else "none yet"
 
 

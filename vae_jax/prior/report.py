@@ -62,6 +62,10 @@ def sample_sets(prior: TrainedPrior, data: Dataset, n: int, seed: int, guidance:
     rows["learned prior, labels drawn from the train split"] = (
         prior.sample(n, conditions=conds, mel_frames=frames, guidance=1.0, temperature=temperature,
                      seed=seed), {})
+    if guidance != 1.0:  # The same labels, guided: what classifier-free guidance buys without a request.
+      rows[f"learned prior, labels drawn from the train split (guidance {guidance:g})"] = (
+          prior.sample(n, conditions=conds, mel_frames=frames, guidance=guidance, temperature=temperature,
+                       seed=seed), {})
   asks = {label: np.arange(n) % len(names[label]) for label in names}
   for label, classes in asks.items():
     conds = [{label: int(c)} for c in classes]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vae_jax import fileio
 from vae_jax.errors import CheckpointError, UserError
 from vae_jax.inference import Trained, config_from_json, load_trained, open_checkpoints
 from vae_jax.prior import sampling, training
@@ -159,8 +160,7 @@ def is_prior_workdir(workdir: str) -> bool:
   """Whether a workdir holds a prior run (its config.json says kind = 'prior')."""
   path = os.path.join(workdir, "config.json")
   try:
-    with open(path) as f:
-      return json.load(f).get("kind") == "prior"
+    return json.loads(fileio.read_text(path)).get("kind") == "prior"
   except (OSError, ValueError):
     return False
 
@@ -187,7 +187,7 @@ def load_prior(workdir: str, step: int | None = None) -> TrainedPrior:
     state, _ = ckpt.restore(abstract, step)
   finally:
     ckpt.close()
-  return TrainedPrior(os.path.abspath(workdir), step, config, model, jax.device_get(state.params),
+  return TrainedPrior(fileio.absolute(workdir), step, config, model, jax.device_get(state.params),
                       vae_run, label_names, lengths)
 
 

@@ -8,7 +8,6 @@ prior that minimises the ELBO's KL term for this encoder.
 
 import functools
 import hashlib
-import os
 from typing import Any
 
 import jax
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import losses
+from vae_jax import fileio, losses
 from vae_jax.audio.features import Normalizer
 from vae_jax.data.loader import TrainLoader, padded_batch
 from vae_jax.data.store import Split, load_dataset
@@ -233,7 +232,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str, meta: dict | None
             f"nats/frame (N(0, I): {m['eval/kl_standard']:.3f})")
 
   task_meta = {
-      "vae": {"workdir": os.path.abspath(vae.workdir), "step": vae.step, "params_hash": vae_hash},
+      "vae": {"workdir": fileio.absolute(vae.workdir), "step": vae.step, "params_hash": vae_hash},
       "label_names": {n: list(data.label_names[n]) for n in config.prior.conditions},
       "lengths": length_table(train, data.train.lengths, config.prior.conditions),
   }
