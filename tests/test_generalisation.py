@@ -109,6 +109,15 @@ def holdout_workdir(tmp_path_factory):
   return root / "workdir"
 
 
+def test_a_holdout_run_logs_the_unseen_split_beside_the_test_split(holdout_workdir, smoke_workdir):
+  rows = [json.loads(line) for line in (holdout_workdir / "metrics.jsonl").read_text().splitlines() if line]
+  last = [r for r in rows if "eval/loss" in r][-1]
+  assert np.isfinite(last["eval/unseen/logmel_mse"]) and np.isfinite(last["eval/unseen/loss"])
+  assert last["eval/unseen/logmel_mse"] != last["eval/logmel_mse"]
+  plain = [json.loads(line) for line in (smoke_workdir / "metrics.jsonl").read_text().splitlines() if line]
+  assert not any(k.startswith("eval/unseen/") for r in plain for k in r)
+
+
 def test_generalisation_report_has_in_split_and_unseen_rows(holdout_workdir, tmp_path):
   out = subprocess.run(
       [sys.executable, "eval.py", f"--workdir={holdout_workdir}", "--generalisation",

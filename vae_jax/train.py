@@ -256,6 +256,11 @@ def _vae_task(config, workdir: str, meta: dict | None, devices, base_key, signal
     metrics = evaluate_split(eval_step, params, data.test, data.normalizer,
                              jax.random.fold_in(base_key, 2), batch_size=e.batch_size,
                              length_multiple=e.length_multiple, max_utterances=e.max_utterances)
+    if data.unseen is not None and len(data.unseen):  # data.holdout: the held-out class's curve beside it.
+      metrics.update(evaluate_split(eval_step, params, data.unseen, data.normalizer,
+                                    jax.random.fold_in(base_key, 3), batch_size=e.batch_size,
+                                    length_multiple=e.length_multiple, max_utterances=e.max_utterances,
+                                    prefix="eval/unseen"))
     if jax.process_index() == 0 and e.num_audio_examples:
       trained.step, trained.params = step, params
       write_reconstructions(trained, data.test, workdir, writer)
