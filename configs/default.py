@@ -4,9 +4,9 @@
   python train.py --config=configs/default.py --workdir=/tmp/run --config.train.num_steps=500
 
 Every other config imports this one and overrides a few fields.
-Runtime: 8 min 09 s on 2 CPU cores (Intel Xeon, no GPU, sharing the machine with a test run) from
+Runtime: 5 min 50 s on 2 CPU cores (Intel Xeon, no GPU, idle machine; 8 min 09 s beside a test run) from
 a fresh checkout for the README's first command, `pip install` and synthetic corpus generation and
-features included (10.8 steps/s); 9 min 16 s on an AMD EPYC before.
+features included (about 16 steps/s idle, 10.8 beside a test run); 9 min 16 s on an AMD EPYC before.
 Measured at step 4000 on the synthetic test split: log-mel MSE 0.136, -ELBO -20.67 nats/frame
 (a density over continuous normalised features, so it can be negative), KL 2.92 nats/frame; with
 pmap as the default wrapper it read 0.137 and -20.80 (the same model, another order of reductions).

@@ -401,11 +401,17 @@ class _OrbaxErrorFilter(logging.Filter):
       return True
     if f"{os.sep}orbax{os.sep}" in record.pathname:
       return False
-    # asyncio logs the other writes of a failed save ('Task exception was never retrieved')
-    # whenever their tasks are collected, which can be after the run has reported the failure.
-    return not (record.name == "asyncio" and f"{os.sep}orbax{os.sep}" in record.getMessage())
+    # asyncio logs the other writes of a failed save ('Task exception was never retrieved', or
+    # 'Future ...' for TensorStore's writes) whenever they are collected, which can be after the
+    # run has reported the failure. A task names Orbax's code, a future the checkpoint it wrote.
+    msg = record.getMessage()
+    return not (record.name == "asyncio" and "never retrieved" in msg
+                and any(mark in msg for mark in _CHECKPOINT_WRITE_MARKS))
 
 
+# What an unretrieved checkpoint write's log record mentions: Orbax's source, a step being
+# written (local), or the OCDBT database TensorStore writes (any storage).
+_CHECKPOINT_WRITE_MARKS = (f"{os.sep}orbax{os.sep}", _TMP_SUFFIX, "OCDBT database")
 _ORBAX_ERROR_FILTER = _OrbaxErrorFilter()
 
 
