@@ -6,6 +6,7 @@ through `path()` here, so that a workdir on Cloud Storage works wherever a local
 """
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -41,20 +42,32 @@ def path(p: str | os.PathLike) -> epath.Path:
   """`p` as an epath.Path; RemotePathError in one line if its file system is not installed."""
   p = os.fspath(p)
   if p.startswith("gs://"):
-    try:
-      import gcsfs  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      raise RemotePathError(f"{p} is on Cloud Storage, which needs the optional client: "
-                            f"pip install 'vae-jax[{REMOTE_EXTRA}]'") from None
-    # gcsfs logs each retry with a traceback and its fallbacks as warnings; the error it ends
-    # with reaches the caller, which reports it in one line.
-    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
-    # Orbax writes arrays through TensorStore, a client of its own: a cached listing here would
-    # miss them (the checkpoints' integrity records list what is there).
-    import fsspec.config  # pylint: disable=g-import-not-at-top
-
-    fsspec.config.conf.setdefault("gs", {})["use_listings_cache"] = False
+    _cloud_storage_client(p)
   return epath.Path(p)
+
+
+@functools.cache
+def _ready() -> bool:
+  """Configures gcsfs once: quiet retries, no listing cache; False if it is not installed."""
+  try:
+    import gcsfs  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  # gcsfs logs each retry with a traceback and its fallbacks as warnings; the error it ends
+  # with reaches the caller, which reports it in one line.
+  logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
+  # Orbax writes arrays through TensorStore, a client of its own: a cached listing here would
+  # miss them (the checkpoints' integrity records list what is there).
+  import fsspec.config  # pylint: disable=g-import-not-at-top
+
+  fsspec.config.conf.setdefault("gs", {})["use_listings_cache"] = False
+  return True
+
+
+def _cloud_storage_client(p: str) -> None:
+  if not _ready():
+    raise RemotePathError(f"{p} is on Cloud Storage, which needs the optional client: "
+                          f"pip install 'vae-jax[{REMOTE_EXTRA}]'")
 
 
 def makedirs(p: str) -> None:
