@@ -122,6 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.prior.heads = 4  # Attention heads.
   c.prior.mlp_ratio = 4  # MLP hidden width / transformer width.
   c.prior.num_mixtures = 8  # Gaussian mixture components per latent frame.
+  c.prior.dropout = 0.0  # Residual dropout rate in the transformer's blocks (training only).
   c.prior.max_latent_frames = 256  # Longest latent sequence the prior can model (position tables).
   c.prior.guidance = 1.0  # Default classifier-free guidance scale for sampling (0: unconditional).
   c.prior.temperature = 1.0  # Default sampling temperature (scales every mixture component's std).

@@ -5,8 +5,9 @@
 
 Runtime: 9 min 12 s on 2 CPU cores (Intel Xeon, machine shared, features cached).
 Measured (test split, step 8000): log-mel MSE 0.193, -ELBO 3.26 nats/frame; KL rate 0.85 kbit/s on
-the first 100 test clips; coded at --quant_step=2: 1.81 kbit/s, STOI 0.858, PESQ 2.88 (Codec2 2400:
-2.45 kbit/s, 0.778, 2.42); at 6: 1.24 kbit/s, 0.838, 2.79; at 12: 0.99 kbit/s, 0.798, 2.51.
+the first 100 test clips; coded at --quant_step=2: 1.66 kbit/s (format version 2 files), STOI
+0.857, PESQ 2.89 (Codec2 2400: 2.45 kbit/s, 0.778, 2.42); at 6: 1.09 kbit/s, 0.841, 2.80; at 12:
+0.84 kbit/s, 0.797, 2.50.
 """
 
 from configs import fsdd

@@ -16,6 +16,7 @@ def get_config():
   c.prior.depth = 2
   c.prior.heads = 2
   c.prior.num_mixtures = 2
+  c.prior.dropout = 0.1  # So that the resume test covers the dropout keys.
   c.prior.eval_samples = 1
   c.optim.warmup_steps = 5
   c.train.num_steps = 30

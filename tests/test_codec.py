@@ -1,12 +1,16 @@
 """The .vjx speech codec: exact integer tables, bit-exact round trips, coded sizes, file errors."""
 
+import binascii
 import hashlib
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
 import types
+import zlib
+from decimal import Decimal, localcontext
 
 import jax
 import jax.numpy as jnp
@@ -153,6 +157,114 @@ def test_a_recorded_sequence_codes_to_the_recorded_bytes():
   np.testing.assert_array_equal(sequence.decode_sequence(data, 12, steps, priors.StandardPrior()), q)
 
 
+def _recorded_payload() -> bytes:
+  rng = np.random.default_rng(2026)
+  steps = np.array([0.25, 0.5, 0.125, 1.0])
+  q = sequence.quantise(rng.normal(size=(12, 4)) * np.array([1.0, 0.5, 2.0, 0.1]), steps)
+  q[3, 2] = 5000
+  return sequence.encode_sequence(q, steps, priors.StandardPrior())
+
+
+# Whole files around the recorded payload. Version 2: re-record only with a format version bump
+# (a new header layout, step grid or checksum). Version 1: written by the version-1 encoder; they
+# must keep decoding as long as the version-1 reader is kept.
+RECORDED_V2_FILE = "564a220123ab002d25a81203" + "49ffffd0ca76526af61f496ba9d79e9f091b20699588313362316d" + "19d4"
+RECORDED_V1_FILES = {
+    "standard": "564a5801020123abcdc03e2d0c250040120349ffffd0ca76526af61f496ba9d79e9f091b20699588313362316dcd404630",
+    "learned": "564a58010189abcdeffedcba98c4d802ac024b00003d05060769087617"}
+
+
+def _v1_file(model_hash, prior_hash, sample_rate, mel_frames, latent_frames, extra, quant_step, exponents,
+             payload) -> bytes:
+  """A file in the version-1 layout (as the version-1 encoder wrote it)."""
+  varint = lambda n: bytes((n >> s & 0x7F) | (0x80 if n >> s + 7 else 0) for s in range(0, max(n.bit_length(), 1), 7))
+  out = b"VJX" + bytes([1, (1 if prior_hash else 0) | (2 if exponents is not None else 0)])
+  out += bytes.fromhex(model_hash + prior_hash)
+  out += b"".join(varint(n) for n in (sample_rate, mel_frames, latent_frames, extra)) + struct.pack("<e", quant_step)
+  if exponents is not None:
+    e = list(exponents) + [0] * (len(exponents) % 2)
+    out += bytes(e[i] | e[i + 1] << 4 for i in range(0, len(e), 2))
+  out += payload
+  return out + struct.pack("<I", zlib.crc32(out))
+
+
+def test_recorded_files_read_back_and_v2_is_written_bit_for_bit():
+  payload = _recorded_payload()
+  header = bitstream.Header("0123ab", "", 8000, 45, 37, 2.0, (2, 1, 3, 0))
+  data = bitstream.pack(header, payload)
+  assert data.hex() == RECORDED_V2_FILE, "the .vjx file format changed: bump FORMAT_VERSION and re-record"
+  assert bitstream.unpack(data, 4) == (header, payload)
+  v1 = {"standard": ("0123abcd", "", 8000, 45, 12, 37, 2.0, (2, 1, 3, 0), payload),
+        "learned": ("89abcdef", "fedcba98", 44100, 300, 75, 0, 1.25, None, b"\x05\x06\x07")}
+  for name, fields in v1.items():
+    data = bytes.fromhex(RECORDED_V1_FILES[name])
+    assert _v1_file(*fields) == data  # The test's version-1 writer is the old encoder's.
+    h, body = bitstream.unpack(data, 4)
+    model_hash, prior_hash, rate, mel, tz, extra, step, exps, pay = fields
+    assert h == bitstream.Header(model_hash, prior_hash, rate, mel, extra, step, exps, version=1, latent_frames=tz)
+    assert body == pay
+  # Version-1 steps are what the version-1 encoder used: the float16 step times np.exp2(-e / 4).
+  h = bitstream.unpack(bytes.fromhex(RECORDED_V1_FILES["standard"]), 4)[0]
+  np.testing.assert_array_equal(h.steps(4), 2.0 * np.exp2(-np.array([2, 1, 3, 0]) / 4))
+
+
+def test_the_step_grid_is_exact_powers_of_two_to_the_eighth():
+  with localcontext() as ctx:
+    ctx.prec = 50
+    for f in range(8):  # The table is 2^(f/8) correctly rounded.
+      assert bitstream.pow2_eighths(f) == float((Decimal(2).ln() * f / 8).exp())
+  m = np.arange(-300, 300)
+  np.testing.assert_array_equal(bitstream.pow2_eighths(m), np.ldexp(bitstream.pow2_eighths(m % 8), m // 8))
+  np.testing.assert_allclose(bitstream.pow2_eighths(m), np.exp2(m / 8), rtol=1e-15)
+  assert bitstream.MIN_STEP == 2.0 ** -20 and bitstream.grid_step(bitstream.STEP_OFFSET) == 1.0
+  for k in range(256):
+    assert bitstream.step_index(bitstream.grid_step(k)) == k
+  # A requested step goes to the nearest grid point (within 2^(1/16), 4.4%).
+  assert [api._on_grid(x) for x in (1.0, 1.04, 1.05, 6.0)] == [float(bitstream.pow2_eighths(m)) for m in (0, 0, 1, 21)]
+  for bad in (1e-7, 4000.0, 0.0, math.inf, math.nan):
+    with pytest.raises(UserError, match="outside what a .vjx header holds"):
+      api._on_grid(bad)
+  with pytest.raises(UserError, match=r"outside what a .vjx header holds \(9.5e-07 .. 3756\)"):
+    api.channel_steps(np.zeros((2, 3)), 5000.0, "prior")
+
+
+@settings(max_examples=200, deadline=None)
+@given(model=st.binary(min_size=3, max_size=3), prior=st.one_of(st.just(b""), st.binary(min_size=3, max_size=3)),
+       rate=st.one_of(st.sampled_from(bitstream.SAMPLE_RATES), st.integers(1, 10**7)),
+       mel=st.integers(1, 10**7), extra=st.integers(0, 10**6), k=st.integers(0, 255),
+       exps=st.one_of(st.none(), st.lists(st.integers(0, bitstream.MAX_EXPONENT), min_size=1, max_size=33)),
+       payload=st.binary(max_size=40))
+def test_header_round_trips_every_field_value(model, prior, rate, mel, extra, k, exps, payload):
+  channels = 16 if exps is None else len(exps)
+  header = bitstream.Header(model.hex(), prior.hex(), rate, mel, extra, bitstream.grid_step(k),
+                            None if exps is None else tuple(exps))
+  data = bitstream.pack(header, payload)
+  assert bitstream.unpack(data, channels) == (header, payload)
+  assert data[:2] == b"VJ" and data[2] >> 4 == 2 and data[2] != ord("X")
+  rate_byte = data[3 + len(model) + len(prior)]
+  assert (rate_byte == bitstream.RATE_ESCAPE) == (rate not in bitstream.SAMPLE_RATES)
+  varint_len = lambda n: max(1, -(-n.bit_length() // 7))
+  expected = (3 + len(model) + len(prior) + 1 + (0 if rate in bitstream.SAMPLE_RATES else varint_len(rate))
+              + varint_len(mel) + varint_len(extra) + 1 + (0 if exps is None else -(-len(exps) // 2)) + 2)
+  assert len(data) - len(payload) == expected
+  e = np.zeros(channels) if exps is None else np.array(exps)
+  np.testing.assert_allclose(header.steps(channels), bitstream.grid_step(k) * np.exp2(-e / 4), rtol=1e-15)
+
+
+def test_every_truncation_and_bit_flip_is_refused():
+  data = bytes.fromhex(RECORDED_V2_FILE)
+  for n in range(len(data)):
+    with pytest.raises(bitstream.FormatError):
+      bitstream.unpack(data[:n], 4)
+  for i in range(len(data) * 8):
+    flipped = bytearray(data)
+    flipped[i // 8] ^= 1 << (i % 8)
+    with pytest.raises(bitstream.FormatError):
+      bitstream.unpack(bytes(flipped), 4)
+  with pytest.raises(bitstream.FormatError, match="checksum mismatch"):
+    bitstream.unpack(data[:-3] + data[-2:], 4)
+
+
 def test_coded_size_matches_the_information_content():
   """Bits of a synthetic sequence under N(0, 1) bins, against -log2 of scipy's bin masses."""
   rng = np.random.default_rng(0)
@@ -171,6 +283,8 @@ def test_compress_and_files_round_trip_the_quantised_latents(vae, wav_path, tmp_
   data = api.encode_file(vae, wav_path, str(out), quant_step=1.0)
   assert out.read_bytes() == data == api.compress(vae, mel, quant_step=1.0, num_samples=len(wave))
   header, z_hat = api.read(vae, data)
+  # Magic and version, model hash, sample rate, mel frames, extra samples, step, exponents, CRC.
+  assert len(data) - len(api.read_payload(vae, data)) == 3 + 3 + 1 + 1 + 1 + 1 + vae.latent_channels // 2 + 2
   mean, _ = vae.encode(mel)
   steps = header.steps(vae.latent_channels)
   np.testing.assert_array_equal(z_hat, sequence.dequantise(sequence.quantise(mean, steps), steps))
@@ -188,6 +302,35 @@ def test_learned_prior_file_round_trip_and_needs_its_prior(vae, learned, wav_pat
   np.testing.assert_array_equal(z, sequence.dequantise(sequence.quantise(mean, steps), steps))
   with pytest.raises(DataError, match="learned prior .*: pass that prior's workdir"):
     api.decode_file(vae, out)
+  params = jax.tree.map(lambda x: x + 0.01, learned.params)  # Another prior of the same VAE.
+  other = types.SimpleNamespace(model=learned.model, params=params, vae_run=vae, workdir="other_prior")
+  message = _one_line_error(vae, out, "coded with the learned prior", other)
+  assert priors.LearnedPrior(learned).hash[:6] in message and priors.LearnedPrior(other).hash[:6] in message
+
+
+def test_a_version_1_file_still_decodes(vae, learned, tiny_vae_fn, wav_path, tmp_path):
+  """Files of the version-1 layout, coded as the version-1 encoder did, decode to the same latents."""
+  wave, mel = vae.load_audio(wav_path)
+  mean, logvar = vae.encode(mel)
+  scale = np.exp(0.5 * np.asarray(logvar, np.float64)).mean(0)
+  top = float(np.float16(0.8 * scale.max()))  # The version-1 encoder's float16 step and exponents.
+  e = np.clip(np.rint(-4 * np.log2(0.8 * scale / top)), 0, 15).astype(int)
+  steps = top * np.exp2(-e / 4)
+  q = sequence.quantise(mean, steps)
+  extra = len(wave) - (len(mel) - 1) * vae.feature_config.hop_length
+  for prior, model in ((None, priors.StandardPrior()), (learned, priors.LearnedPrior(learned))):
+    data = _v1_file(priors.model_hash(vae)[:8], model.hash[:8], SR, len(mel), len(mean), extra, top, e,
+                    sequence.encode_sequence(q, steps, model))
+    path = tmp_path / "v1.vjx"
+    path.write_bytes(data)
+    z, _, wave_hat = api.decode_file(vae, str(path), prior)
+    np.testing.assert_array_equal(z, sequence.dequantise(q, steps))
+    assert len(wave_hat) == len(wave)
+  other = tiny_vae_fn(1)
+  message = _one_line_error(other, path, "written by the model with hash", learned)
+  assert priors.model_hash(vae)[:8] in message and priors.model_hash(other)[:8] in message
+  (tmp_path / "v1_bad.vjx").write_bytes(data[:-5] + data[-4:])
+  _one_line_error(vae, tmp_path / "v1_bad.vjx", "checksum mismatch", learned)
 
 
 def test_a_file_written_here_decodes_in_another_process(vae, wav_path, tmp_path):
@@ -222,9 +365,11 @@ def test_bad_files_give_one_line_errors(vae, tiny_vae_fn, wav_path, tmp_path):
   for name, (content, match) in cases.items():
     (tmp_path / name).write_bytes(content)
     _one_line_error(vae, tmp_path / name, match)
-  body = data[:3] + bytes([bitstream.FORMAT_VERSION + 1]) + data[4:-4]
-  (tmp_path / "v2.vjx").write_bytes(body + bitstream.struct.pack("<I", bitstream.zlib.crc32(body)))
-  _one_line_error(vae, tmp_path / "v2.vjx", f"format version {bitstream.FORMAT_VERSION + 1}")
+  body = data[:2] + bytes([(bitstream.FORMAT_VERSION + 1) << 4 | data[2] & 0xF]) + data[3:-2]
+  (tmp_path / "v3.vjx").write_bytes(body + struct.pack(">H", binascii.crc_hqx(body, 0)))
+  _one_line_error(vae, tmp_path / "v3.vjx", "format version 3, but this decoder reads versions 1 and 2")
+  (tmp_path / "v7.vjx").write_bytes(b"VJX\x07" + data[3:])  # The version-1 layout with another version.
+  _one_line_error(vae, tmp_path / "v7.vjx", "format version 7, but this decoder reads versions 1 and 2")
   other = tiny_vae_fn(1)
   message = _one_line_error(other, tmp_path / "good.vjx", "written by the model with hash")
   assert api.short_model_hash(vae) in message and api.short_model_hash(other) in message
@@ -262,6 +407,11 @@ def test_bitrate_bisection_hits_the_target(vae, tmp_path):
   step = batch.step_for_bitrate(vae, [mel], 0.5)
   kbps = 8e-3 * len(api.compress(vae, mel, quant_step=step)) / seconds
   assert abs(kbps - 0.5) < 0.02, kbps
+  # With one step for every channel the rate moves in grid steps: the finest one not above the target.
+  rate = lambda s: 8e-3 * len(api.compress(vae, mel, quant_step=s, step_mode="prior")) / seconds
+  k = bitstream.step_index(api.channel_steps(None, batch.step_for_bitrate(vae, [mel], 0.5, step_mode="prior"),
+                                             "prior")[0])
+  assert rate(bitstream.grid_step(k)) <= 0.5 < rate(bitstream.grid_step(k - 1))
   with pytest.raises(UserError, match="above what these files reach"):
     batch.step_for_bitrate(vae, [mel], 50.0)
 

@@ -222,6 +222,7 @@ def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
       ("prior.heads", "int", _pos, "a positive integer"),
       ("prior.mlp_ratio", "int", _pos, "a positive integer"),
       ("prior.num_mixtures", "int", _pos, "a positive integer"),
+      ("prior.dropout", "num", lambda x: 0 <= x < 1, "in [0, 1)"),
       ("prior.max_latent_frames", "int", _pos, "a positive integer"),
       ("prior.guidance", "num", math.isfinite, "a finite number (0: unconditional, 1: conditional)"),
       ("prior.temperature", "num", lambda x: x > 0, "a positive number"),

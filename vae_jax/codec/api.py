@@ -33,9 +33,9 @@ def _cached(obj: Any, make) -> Any:
   return hit[1]
 
 
-def short_model_hash(trained) -> str:
-  """The model hash a .vjx file records (2 * bitstream.HASH_BYTES hex digits)."""
-  return _cached(trained, priors.model_hash)[:2 * bitstream.HASH_BYTES]
+def short_model_hash(trained, digits: int = 2 * bitstream.HASH_BYTES) -> str:
+  """The model hash a .vjx file records (2 * bitstream.HASH_BYTES hex digits; 8 in version 1 files)."""
+  return _cached(trained, priors.model_hash)[:digits]
 
 
 def entropy_prior(trained, prior=None):
@@ -48,26 +48,27 @@ def entropy_prior(trained, prior=None):
 
 
 def channel_steps(logvar_TxC: np.ndarray, quant_step: float, step_mode: str) -> tuple[float, tuple | None]:
-  """(largest channel step rounded to float16, per-channel exponents or None) for compress."""
+  """(largest channel step on the header's grid, per-channel exponents or None) for compress."""
   if step_mode not in STEP_MODES:
     raise UserError(f"step_mode={step_mode!r}: use one of {', '.join(STEP_MODES)}")
   if not (math.isfinite(quant_step) and quant_step > 0):
     raise UserError(f"--quant_step={quant_step:g}: it must be positive")
   if step_mode == "prior":
-    return _half(quant_step), None
+    return _on_grid(quant_step), None
   scale_C = np.exp(0.5 * np.asarray(logvar_TxC, np.float64)).mean(0)
-  top = _half(quant_step * scale_C.max())
+  top = _on_grid(quant_step * scale_C.max())
   e = np.clip(np.rint(-bitstream.EXPONENT_STEPS * np.log2(quant_step * scale_C / top)), 0,
               bitstream.MAX_EXPONENT)
   return top, tuple(int(x) for x in e)
 
 
-def _half(step: float) -> float:
-  """A step as the header stores it (float16); UserError outside float16's normal range."""
-  half = float(np.float16(step))
-  if not 6.2e-5 <= half <= 6e4:
-    raise UserError(f"a quantisation step of {step:g} is outside what a .vjx header holds (6.2e-5 .. 6e4)")
-  return half
+def _on_grid(step: float) -> float:
+  """A step as the header stores it (the nearest eighth-octave grid point); UserError off the grid's range."""
+  k = bitstream.step_index(step) if math.isfinite(step) and step > 0 else -1
+  if not 0 <= k <= 255:
+    raise UserError(f"a quantisation step of {step:g} is outside what a .vjx header holds "
+                    f"({bitstream.MIN_STEP:.2g} .. {bitstream.MAX_STEP:.4g})")
+  return bitstream.grid_step(k)
 
 
 def compress(trained, log_mel_TxF: np.ndarray, prior=None, quant_step: float = DEFAULT_QUANT_STEP,
@@ -79,8 +80,7 @@ def compress(trained, log_mel_TxF: np.ndarray, prior=None, quant_step: float = D
   extra = 0 if num_samples is None else int(num_samples) - (t - 1) * hop
   top, exponents = channel_steps(logvar_TzxC, quant_step, step_mode)
   header = bitstream.Header(short_model_hash(trained), model.hash[:2 * bitstream.HASH_BYTES],
-                            trained.feature_config.sample_rate, t, len(mean_TzxC), max(extra, 0), top,
-                            exponents)
+                            trained.feature_config.sample_rate, t, max(extra, 0), top, exponents)
   steps_C = header.steps(trained.latent_channels)
   payload = sequence.encode_sequence(sequence.quantise(mean_TzxC, steps_C), steps_C, model)
   return bitstream.pack(header, payload)
@@ -95,7 +95,7 @@ def read(trained, data: bytes, prior=None, name: str = "<bytes>") -> tuple[bitst
   model = _check_header(trained, header, prior, name)
   steps_C = header.steps(trained.latent_channels)
   try:
-    q_TzxC = sequence.decode_sequence(payload, header.latent_frames, steps_C, model)
+    q_TzxC = sequence.decode_sequence(payload, trained.latent_frames(header.mel_frames), steps_C, model)
   except (coder.Exhausted, ValueError, RuntimeError) as e:
     raise DataError(f"{name}: the coded latents do not decode ({e})") from None
   return header, sequence.dequantise(q_TzxC, steps_C)
@@ -103,11 +103,11 @@ def read(trained, data: bytes, prior=None, name: str = "<bytes>") -> tuple[bitst
 
 def _check_header(trained, header: bitstream.Header, prior, name: str):
   """The entropy model to decode with; DataError if the file belongs to another model or prior."""
-  ours = short_model_hash(trained)
+  ours = short_model_hash(trained, len(header.model_hash))
   if header.model_hash != ours:
     raise DataError(f"{name}: written by the model with hash {header.model_hash}, but {trained.workdir} "
                     f"has hash {ours}: decode it with the model that wrote it")
-  if header.latent_frames != trained.latent_frames(header.mel_frames):
+  if header.latent_frames not in (None, trained.latent_frames(header.mel_frames)):  # Version 1 stores it.
     raise DataError(f"{name}: malformed header ({header.latent_frames} latent frames for "
                     f"{header.mel_frames} mel frames)")
   if not header.prior_hash:
@@ -115,9 +115,10 @@ def _check_header(trained, header: bitstream.Header, prior, name: str):
   if prior is None:
     raise DataError(f"{name}: coded with the learned prior {header.prior_hash}: pass that prior's workdir")
   model = entropy_prior(trained, prior)
-  if model.hash[:2 * bitstream.HASH_BYTES] != header.prior_hash:
+  theirs = model.hash[:len(header.prior_hash)]
+  if theirs != header.prior_hash:
     raise DataError(f"{name}: coded with the learned prior {header.prior_hash}, but {prior.workdir} has "
-                    f"hash {model.hash[:2 * bitstream.HASH_BYTES]}")
+                    f"hash {theirs}")
   return model
 
 

@@ -33,7 +33,11 @@ def quality(trained, wave_ref: np.ndarray, wave_est: np.ndarray, mel_ref_TxF: np
 
 def step_for_bitrate(trained, log_mels: Sequence[np.ndarray], kbps: float, prior=None,
                      step_mode: str = api.DEFAULT_STEP_MODE, iters: int = 24) -> float:
-  """The quant step whose files (headers included) average `kbps` over these utterances, by bisection."""
+  """The quant step whose files (headers included) average `kbps` over these utterances, by bisection.
+
+  Header steps lie on an eighth-octave grid, so the rate is a staircase in the quant step;
+  the bisection ends at a stair's edge: the finest step whose files do not exceed `kbps`.
+  """
   if not (math.isfinite(kbps) and kbps > 0):
     raise UserError(f"--bitrate={kbps:g}: it must be positive (kbit/s)")
   fps = trained.feature_config.frames_per_second

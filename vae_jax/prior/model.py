@@ -5,7 +5,8 @@ parameters are computed from z_<t, the labels c and the sequence length T; the
 log-density of a sequence is the sum of its frames' mixture log-densities. Labels
 are embedded with one extra "unknown" class per label, which classifier-free
 guidance uses as the unconditional model. Randomness comes only from the keys the
-caller passes.
+caller passes: training's dropout masks come from per-example keys, so an example's
+masks do not depend on the batch it is in or on the device count.
 """
 
 from typing import Sequence
@@ -15,27 +16,40 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
+from vae_jax.rng import stream_keys
+
+
+def residual_dropout(x_BxTxD: jax.Array, keys_B: jax.Array | None, rate: float) -> jax.Array:
+  """Inverted dropout with one key per example (flax's nn.Dropout draws one mask for the whole batch)."""
+  if keys_B is None or rate == 0.0:
+    return x_BxTxD
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, x_BxTxD.shape[1:]))(keys_B)
+  return jnp.where(keep, x_BxTxD / (1.0 - rate), 0.0)
 
 
 class Block(nn.Module):
-  """Pre-norm causal self-attention and MLP."""
+  """Pre-norm causal self-attention and MLP, each with residual dropout when keys are given."""
 
   width: int
   heads: int
   mlp_ratio: int
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, h_BxTxD, causal_BxHxTxT):
+  def __call__(self, h_BxTxD, causal_BxHxTxT, keys_B=None):
+    k_att, k_mlp = (None, None) if keys_B is None else (stream_keys(keys_B, 0), stream_keys(keys_B, 1))
     y = nn.LayerNorm()(h_BxTxD)
-    h = h_BxTxD + nn.MultiHeadDotProductAttention(num_heads=self.heads)(y, y, mask=causal_BxHxTxT)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.heads)(y, y, mask=causal_BxHxTxT)
+    h = h_BxTxD + residual_dropout(y, k_att, self.dropout)
     y = nn.Dense(self.mlp_ratio * self.width)(nn.LayerNorm()(h))
-    return h + nn.Dense(self.width)(nn.gelu(y))
+    return h + residual_dropout(nn.Dense(self.width)(nn.gelu(y)), k_mlp, self.dropout)
 
 
 class LatentPrior(nn.Module):
   """(z_BxTxC, lengths_B, labels_BxL) -> mixture parameters of every frame given the frames before it.
 
   `labels_BxL[:, i]` is a class index of label i, or `num_classes[i]` for "unknown".
+  `dropout_keys_B` (training only) turns on residual dropout at rate `dropout`.
   """
 
   latent_channels: int
@@ -46,9 +60,10 @@ class LatentPrior(nn.Module):
   heads: int = 4
   mlp_ratio: int = 4
   num_mixtures: int = 8
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, z_BxTxC, lengths_B, labels_BxL):
+  def __call__(self, z_BxTxC, lengths_B, labels_BxL, dropout_keys_B=None):
     b, t, c = z_BxTxC.shape
     k = self.num_mixtures
     # Frame t sees z_<t: the inputs are the sequence shifted right by one learned start frame.
@@ -63,8 +78,9 @@ class LatentPrior(nn.Module):
     for i, n in enumerate(self.num_classes):
       h = h + nn.Embed(n + 1, self.width, name=f"label_{i}")(labels_BxL[:, i])[:, None]
     causal = nn.make_causal_mask(jnp.zeros((b, t)))
-    for _ in range(self.depth):
-      h = Block(self.width, self.heads, self.mlp_ratio)(h, causal)
+    for i in range(self.depth):
+      keys = None if dropout_keys_B is None else stream_keys(dropout_keys_B, i)
+      h = Block(self.width, self.heads, self.mlp_ratio, self.dropout)(h, causal, keys)
     h = nn.LayerNorm()(h)
     logits = nn.Dense(k, name="logits")(h)
     mean = nn.Dense(k * c, name="mean")(h).reshape(b, t, k, c)

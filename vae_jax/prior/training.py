@@ -68,9 +68,10 @@ def label_classes(config: ml_collections.ConfigDict, label_names: dict) -> tuple
 def build_prior(config: ml_collections.ConfigDict, latent_channels: int,
                 num_classes: tuple[int, ...]) -> LatentPrior:
   p = config.prior
+  # Dropout only acts in training; runs saved before the field existed had none.
   return LatentPrior(latent_channels=latent_channels, num_classes=num_classes,
                      max_frames=p.max_latent_frames, width=p.width, depth=p.depth, heads=p.heads,
-                     mlp_ratio=p.mlp_ratio, num_mixtures=p.num_mixtures)
+                     mlp_ratio=p.mlp_ratio, num_mixtures=p.num_mixtures, dropout=p.get("dropout", 0.0))
 
 
 def create_prior_state(config: ml_collections.ConfigDict, model: LatentPrior, key: jax.Array):
@@ -105,8 +106,8 @@ def prior_train_step(state, batch: dict[str, jax.Array], key: jax.Array, axis_na
   device = jax.lax.axis_index(axis_name) if axis_name else 0
   step_key = jax.random.fold_in(key, state.step)
   keys = example_keys(step_key, device * b + jnp.arange(b))
-  # Named streams per example: 0 draws the posterior sample, 1 drops labels.
-  k_post, k_drop = stream_keys(keys, 0), stream_keys(keys, 1)
+  # Named streams per example: 0 draws the posterior sample, 1 drops labels, 2 the dropout masks.
+  k_post, k_drop, k_dropout = stream_keys(keys, 0), stream_keys(keys, 1), stream_keys(keys, 2)
   z = losses.reparameterize(k_post, mean, logvar) * mask[..., None]
   labels = batch_labels(batch, config.prior.conditions, b)
   null = jnp.asarray(model.num_classes, jnp.int32)
@@ -116,7 +117,7 @@ def prior_train_step(state, batch: dict[str, jax.Array], key: jax.Array, axis_na
   frames = psum(mask.sum())
 
   def loss_fn(params):
-    p = model.apply({"params": params}, z, lengths, labels)
+    p = model.apply({"params": params}, z, lengths, labels, k_dropout)
     return -(mixture_log_prob(z, p) * mask).sum() / frames
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
