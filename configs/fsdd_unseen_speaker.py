@@ -16,6 +16,7 @@ With 2 speed-perturbed copies per train utterance (augment.copies=2, augment.spe
   jackson: 0.172 -> 0.333 (+0.161), theo: 0.166 -> 0.292 (+0.125): the gap shrinks by 13% and
   25%, in-split MSE is unchanged. Adding pitch shifts (augment.pitch_semitones=2.0):
   jackson: 0.166 -> 0.268 (+0.102), theo: 0.169 -> 0.270 (+0.100): 45% and 40% smaller.
+george (a third fold): 0.179 -> 0.550 (+0.371); with speed and pitch 0.174 -> 0.407 (+0.233).
 Three copies with pitch shifts of +-3 semitones (augment.copies=3, augment.pitch_semitones=3.0):
   jackson: 0.175 -> 0.291 (+0.115), no better than two copies at +-2.
 The target of halving the gap is not met (BENCHMARKS.md, "Generalisation").
