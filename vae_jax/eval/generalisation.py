@@ -22,11 +22,10 @@ import jax
 import numpy as np
 
 from vae_jax import fileio
-from vae_jax.audio import io as audio_io
 from vae_jax.data.store import Split, load_dataset
 from vae_jax.errors import ConfigError
-from vae_jax.eval import bounds, metrics, scoring
-from vae_jax.inference import Trained, griffin_lim_batch
+from vae_jax.eval import bounds, scoring
+from vae_jax.inference import Trained
 
 log = logging.getLogger("vae_jax")
 
@@ -84,16 +83,9 @@ def evaluate_split(trained: Trained, split: Split, prefix: str, *, audio_metrics
 def _audio_scores(trained: Trained, split: Split, refs: Sequence[np.ndarray],
                   recons: Sequence[np.ndarray], prefix: str, seed: int) -> dict[str, float]:
   """STOI/PESQ of the re-synthesised reconstructions (prefix/...) and true mels (prefix/oracle/...)."""
-  fc = trained.feature_config
-  n_iter = trained.config.eval.griffin_lim_iters
-  originals = [audio_io.read_audio(path, fc.sample_rate, min_samples=fc.win_length) for path in split.paths]
-  lengths = [len(w) for w in originals]
-  groups = [str(s) for s in split.labels["speaker"]] if "speaker" in split.labels else None
-  cepstra = [metrics.mel_cepstrum(w, fc.sample_rate) for w in originals]
+  scored = scoring.resynthesis_scores(trained, split, {"": recons, "/oracle": refs}, seed)
   out = {}
-  for name, mels in (("", recons), ("/oracle", refs)):
-    waves = griffin_lim_batch(mels, fc, n_iter, lengths=lengths, seed=seed)
-    scores = scoring.score_audio(originals, waves, fc.sample_rate, groups, cepstra)
+  for name, (_, scores) in scored.items():
     out.update(scoring.audio_metrics(scores, prefix + name))
   return out
 

@@ -17,12 +17,11 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from vae_jax.audio import io as audio_io
 from vae_jax.data.store import Dataset, Split
 from vae_jax.errors import ConfigError
-from vae_jax.eval import bounds, metrics, probes, scoring
+from vae_jax.eval import bounds, probes, scoring
 from vae_jax.eval.baselines import PCA, matched_components
-from vae_jax.inference import Trained, griffin_lim_batch, load_trained
+from vae_jax.inference import Trained, load_trained
 
 log = logging.getLogger("vae_jax")
 
@@ -143,18 +142,10 @@ def _load_baseline(workdir: str, trained: Trained) -> Trained:
 def _audio(trained: Trained, test: Split, refs: Sequence[np.ndarray], systems: dict[str, System],
            m: dict[str, Any], seed: int) -> None:
   """Griffin-Lim re-synthesis of every system and of the true mel (oracle); STOI, PESQ and MCD."""
-  fc = trained.feature_config
-  n_iter = trained.config.eval.griffin_lim_iters
-  originals = [audio_io.read_audio(p, fc.sample_rate, min_samples=fc.win_length) for p in test.paths]
-  lengths = [len(w) for w in originals]
-  groups = None
-  if "speaker" in test.labels:
-    groups = [str(s) for s in test.labels["speaker"]]
   all_systems = {"oracle": System("oracle", list(refs)), **systems}
-  cepstra = [metrics.mel_cepstrum(w, fc.sample_rate) for w in originals]  # Shared by every system.
+  scored = scoring.resynthesis_scores(trained, test, {k: s.recon for k, s in all_systems.items()}, seed)
   for name, s in all_systems.items():
-    s.waves = griffin_lim_batch(s.recon, fc, n_iter, lengths=lengths, seed=seed)
-    s.scores = scoring.score_audio(originals, s.waves, fc.sample_rate, groups, cepstra)
+    s.waves, s.scores = scored[name]
     m.update(scoring.audio_metrics(s.scores, f"eval/{name}"))
   systems["oracle"] = all_systems["oracle"]
   oracle = all_systems["oracle"].scores

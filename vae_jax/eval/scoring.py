@@ -3,11 +3,13 @@
 import dataclasses
 import logging
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from vae_jax.audio import io as audio_io
 from vae_jax.eval import metrics
+from vae_jax.inference import griffin_lim_batch
 
 _log = logging.getLogger(__name__)
 
@@ -140,3 +142,22 @@ def _nanmean(x: np.ndarray) -> float:
   x = np.asarray(x, np.float64)
   ok = np.isfinite(x)
   return float(x[ok].mean()) if ok.any() else math.nan
+
+
+def resynthesis_scores(trained, split, mels: Mapping[str, Sequence[np.ndarray]], seed: int = 0
+                       ) -> dict[str, tuple[list[np.ndarray], "AudioScores"]]:
+  """{name: (Griffin-Lim waveforms, scores against the split's audio)} for each named set of log-mels.
+
+  The split's audio, lengths and mel cepstra are read and computed once for every set.
+  """
+  fc = trained.feature_config
+  n_iter = trained.config.eval.griffin_lim_iters
+  originals = [audio_io.read_audio(p, fc.sample_rate, min_samples=fc.win_length) for p in split.paths]
+  lengths = [len(w) for w in originals]
+  groups = [str(s) for s in split.labels["speaker"]] if "speaker" in split.labels else None
+  cepstra = [metrics.mel_cepstrum(w, fc.sample_rate) for w in originals]
+  out = {}
+  for name, sets in mels.items():
+    waves = griffin_lim_batch(list(sets), fc, n_iter, lengths=lengths, seed=seed)
+    out[name] = (waves, score_audio(originals, waves, fc.sample_rate, groups, cepstra))
+  return out
