@@ -92,33 +92,57 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path, parallel):
   assert logged == [STEPS], f"one writer logs each interval once, got steps {logged}"
 
 
-@pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_with_one_checkpoint(tmp_path):
-  workdir, port, every, steps = tmp_path / "run", _free_port(), 4, 5000
+STARTUP_S = 150  # Both reach step 3 in about 20 s on 2 cores; a stuck start gets one more try.
+
+
+def _start_training_pair(tmp_path, attempt: int, every: int, steps: int):
+  """Two train.py processes of one cluster, started and seen training; None if they never got there."""
+  workdir, port = tmp_path / f"run{attempt}", _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
              "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
-  procs, logs = [], [tmp_path / f"p{pid}.log" for pid in range(2)]
-  try:
-    for pid in range(2):
-      cmd = [sys.executable, "train.py", "--config=configs/smoke.py", f"--workdir={workdir}",
-             f"--config.data.cache_dir={tmp_path / 'cache'}", f"--config.train.num_steps={steps}",
-             "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000",
-             "--config.train.log_every=1", f"--config.train.stop_check_every={every}",
-             "--config.eval.num_audio_examples=0", "--config.train.progress_bar=false",
-             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={pid}"]
-      with open(logs[pid], "w") as out:
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 300
-    while "step 3/" not in logs[0].read_text():  # Both are training: the steps are collectives.
-      assert time.monotonic() < deadline and procs[0].poll() is None, logs[0].read_text()[-3000:]
-      time.sleep(0.2)
-    procs[1].send_signal(signal.SIGTERM)  # Only the second process is told.
-    codes = [p.wait(timeout=300) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  procs, logs = [], [tmp_path / f"attempt{attempt}-p{pid}.log" for pid in range(2)]
+  for pid in range(2):
+    cmd = [sys.executable, "train.py", "--config=configs/smoke.py", f"--workdir={workdir}",
+           f"--config.data.cache_dir={tmp_path / 'cache'}", f"--config.train.num_steps={steps}",
+           "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000",
+           "--config.train.log_every=1", f"--config.train.stop_check_every={every}",
+           "--config.eval.num_audio_examples=0", "--config.train.progress_bar=false",
+           f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={pid}"]
+    with open(logs[pid], "w") as out:
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+  deadline = time.monotonic() + STARTUP_S
+  while "step 3/" not in logs[0].read_text():  # Both are training: the steps are collectives.
+    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+      return None, procs, logs, workdir
+    time.sleep(0.2)
+  return True, procs, logs, workdir
+
+
+def _stop(procs) -> None:
+  for p in procs:  # Never leave a worker waiting for a peer that died.
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_with_one_checkpoint(tmp_path):
+  every, steps, failed_starts = 4, 5000, []
+  for attempt in range(2):
+    procs = []
+    try:
+      started, procs, logs, workdir = _start_training_pair(tmp_path, attempt, every, steps)
+      if started:
+        procs[1].send_signal(signal.SIGTERM)  # Only the second process is told.
+        codes = [p.wait(timeout=300) for p in procs]
+        break
+    finally:
+      _stop(procs)
+    # What the start printed, for the failure message: the signal handling was not reached.
+    failed_starts.append("\n".join(f"--- attempt {attempt} process {i}:\n{log.read_text()[-1500:]}"
+                                   for i, log in enumerate(logs)))
+  else:
+    pytest.fail("the two-process cluster never reached step 3 (twice):\n" + "\n".join(failed_starts))
   text = [log.read_text() for log in logs]
   assert codes == [0, 0], text[0][-2000:] + text[1][-2000:]
   steps_saved = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]

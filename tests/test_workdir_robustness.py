@@ -420,3 +420,20 @@ def test_an_error_exit_prints_exactly_one_line(tmp_path, cache, env, case):
     r = _run(_train_cmd(run, cache, *args, config=config), env)
   _assert_only_an_error_line(r, expected)
   assert r.stdout == ""
+
+
+def test_atomic_writes_get_the_umask_mode_or_keep_the_replaced_files(tmp_path):
+  from vae_jax import fileio  # pylint: disable=g-import-not-at-top
+  old = os.umask(0o027)
+  try:
+    fileio.write_text(str(tmp_path / "new.json"), "{}")
+    os.umask(0o022)
+    fileio.write_bytes(str(tmp_path / "new.vjx"), b"VJ")
+  finally:
+    os.umask(old)
+  assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640, "a new file follows the umask, as open() does"
+  assert (tmp_path / "new.vjx").stat().st_mode & 0o777 == 0o644, "not 0600 from the temporary file"
+  (tmp_path / "new.vjx").chmod(0o604)
+  fileio.write_bytes(str(tmp_path / "new.vjx"), b"VJ2")
+  assert (tmp_path / "new.vjx").stat().st_mode & 0o777 == 0o604, "a replaced file keeps its mode"
+  assert (tmp_path / "new.vjx").read_bytes() == b"VJ2"

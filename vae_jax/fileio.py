@@ -121,6 +121,7 @@ def atomic_write(p: str, write: Callable[[BinaryIO], Any], fsync: bool = False) 
     return
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(p) or ".", suffix=".tmp")
   try:
+    os.fchmod(fd, _mode_for(p))  # mkstemp makes 0600: the file would be private to its writer.
     with os.fdopen(fd, "wb") as f:
       write(f)
       if fsync:
@@ -131,6 +132,26 @@ def atomic_write(p: str, write: Callable[[BinaryIO], Any], fsync: bool = False) 
     with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
+
+
+def _mode_for(p: str) -> int:
+  """The permission bits `p` gets: those of the file it replaces, else what open() would give."""
+  try:
+    return os.stat(p).st_mode & 0o7777
+  except OSError:
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+  """The process's umask; /proc reads it without setting it (os.umask sets, which races threads)."""
+  with contextlib.suppress(OSError, ValueError):
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  mask = os.umask(0o022)  # No /proc (macOS): read it by setting and restoring.
+  os.umask(mask)
+  return mask
 
 
 def write_bytes(p: str, data: bytes) -> None:
