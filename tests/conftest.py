@@ -51,6 +51,21 @@ def smoke_config(cache: pathlib.Path | None = None, overrides: dict | None = Non
   return c
 
 
+@pytest.fixture
+def extracted(monkeypatch) -> list[str]:
+  """Records the name of every file the (serial) feature extractor reads."""
+  from vae_jax.data import store  # pylint: disable=g-import-not-at-top
+
+  seen, real = [], store._extract_one
+
+  def spy(args):
+    seen.append(os.path.basename(args[0]))
+    return real(args)
+
+  monkeypatch.setattr(store, "_extract_one", spy)
+  return seen
+
+
 @pytest.fixture(scope="session")
 def fsdd_dir() -> pathlib.Path:
   path = fsdd_path()

@@ -95,19 +95,6 @@ def assert_same_dataset(a: store.Dataset, b: store.Dataset) -> None:
   np.testing.assert_array_equal(a.normalizer.std, b.normalizer.std)
 
 
-@pytest.fixture
-def extracted(monkeypatch) -> list[str]:
-  """Records every file the (serial) extractor reads."""
-  seen, real = [], store._extract_one
-
-  def spy(args):
-    seen.append(os.path.basename(args[0]))
-    return real(args)
-
-  monkeypatch.setattr(store, "_extract_one", spy)
-  return seen
-
-
 def forbid_extraction(monkeypatch) -> None:
   def fail(args):
     raise AssertionError(f"re-extracted {args[0]}")

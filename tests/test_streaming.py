@@ -264,28 +264,18 @@ def small_corpus(tmp_path, monkeypatch):
   return build_corpus(c), FeatureConfig.from_config(c.features)
 
 
-def _record_extraction(monkeypatch) -> list[str]:
-  seen, real = [], store._extract_one
-
-  def spy(args):
-    seen.append(os.path.basename(args[0]))
-    return real(args)
-
-  monkeypatch.setattr(store, "_extract_one", spy)
-  return seen
-
-
 def _assert_same_store(a, b) -> None:
   assert a.index == b.index and len(a.files) == len(b.files)
   for x, y in zip(a.files, b.files):
     np.testing.assert_array_equal(np.load(x.path), np.load(y.path))
 
 
-def test_extraction_is_split_between_processes(small_corpus, tmp_path, monkeypatch):
+def test_extraction_is_split_between_processes(small_corpus, tmp_path, extracted):
   corpus, fc = small_corpus
   files = [os.path.basename(e.path) for e in corpus.entries]  # Shards: 0-1, 2-3, 4-5, 6.
   single = extract_features(corpus, fc, str(tmp_path / "single"), 1)
-  seen = _record_extraction(monkeypatch)
+  seen = extracted
+  seen.clear()
   root = str(tmp_path / "shared")
   assert extract_features(corpus, fc, root, 1, process_index=0, process_count=2, wait=False) is None
   assert seen == files[0:2] + files[4:6]
