@@ -27,7 +27,10 @@ Measured (test split, 300 utterances; `python eval.py --workdir=runs/fsdd_prior 
   Labels drawn from the train split, then z given them (an unconditional draw of the joint):
   IS 8.36, FD 13.3 (guidance 3: 9.03, 12.4); labels unknown: IS 7.40, FD 24.4; against 9.92 for
   Griffin-Lim from the true mel, 97.3 for N(0, I) samples and 53.7 for time-reversed speech.
-  The VAE's own reconstructions of 300 real train clips score FD 9.74 (the real clips 9.14).
+  The VAE's own reconstructions of 300 real train clips score FD 9.74 (the real clips 9.14);
+  decoding posterior draws instead of means gives 9.70-9.75, and the fine-tuned decoders of
+  configs/fsdd_adversarial.py (same encoder) 9.70 / 9.74, with this prior's labels-drawn draws
+  at 13.28 / 13.29 through them (13.25 through runs/fsdd's): the FD gap left is the prior's.
   Targets: IS >= 7.94 (0.8 x 9.92) met by drawn labels, missed with labels unknown; FD <= 9.7
   (1/10 of N(0, I)) missed by every row: it lies below what this VAE and Griffin-Lim give for
   real utterances. Sweep (same clips): labels unknown, temperature 0.7 / 0.9 / 1.0: IS 7.38 /

@@ -19,6 +19,9 @@ With 2 speed-perturbed copies per train utterance (augment.copies=2, augment.spe
 george (a third fold): 0.179 -> 0.550 (+0.371); with speed and pitch 0.174 -> 0.407 (+0.233).
 Three copies with pitch shifts of +-3 semitones (augment.copies=3, augment.pitch_semitones=3.0):
   jackson: 0.175 -> 0.291 (+0.115), no better than two copies at +-2.
+lucas: +0.129 -> +0.078 with speed and pitch; nicolas: +0.171 -> +0.117; yweweler: +0.100 -> +0.044.
+Six folds: +0.187 -> +0.112 on average (-40%; halving needs +0.094). Four copies (jackson +0.111)
+and gain +-6 dB with noise at 10-40 dB SNR on top (george +0.239) do not narrow it further.
 The target of halving the gap is not met (BENCHMARKS.md, "Generalisation").
 An unseen word instead (--config.data.holdout=digit=7): 0.177 -> 0.204 (+0.028), STOI 0.913 ->
 0.917, PESQ 3.20 -> 2.88 (6 min 53 s to train, 2 min 44 s to evaluate).
