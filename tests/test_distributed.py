@@ -96,7 +96,7 @@ STARTUP_S = 150  # Both reach step 3 in about 20 s on 2 cores; a stuck start get
 
 
 def _start_training_pair(tmp_path, attempt: int, every: int, steps: int):
-  """Two train.py processes of one cluster, started and seen training; None if they never got there."""
+  """(whether both got to training, processes, logs, workdir) of two train.py processes of one cluster."""
   workdir, port = tmp_path / f"run{attempt}", _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
              "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
@@ -113,7 +113,7 @@ def _start_training_pair(tmp_path, attempt: int, every: int, steps: int):
   deadline = time.monotonic() + STARTUP_S
   while "step 3/" not in logs[0].read_text():  # Both are training: the steps are collectives.
     if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-      return None, procs, logs, workdir
+      return False, procs, logs, workdir
     time.sleep(0.2)
   return True, procs, logs, workdir
 
