@@ -1,6 +1,7 @@
 """The .vjx speech codec: exact integer tables, bit-exact round trips, coded sizes, file errors."""
 
 import binascii
+import dataclasses
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from scipy import special, stats
 
 from tests.conftest import REPO_ROOT
-from vae_jax.codec import api, batch, bitstream, entropy, priors, sequence
+from vae_jax.codec import api, batch, bitstream, entropy, prior_net, priors, sequence
 from vae_jax.errors import DataError, UserError
 from vae_jax.eval import cli as eval_cli
 
@@ -98,21 +99,29 @@ def test_deterministic_exp_and_gauss_tail_are_accurate():
   np.testing.assert_allclose(entropy.gauss_tail(x), special.ndtr(-np.abs(x)), rtol=2e-7)
 
 
+def _random_mixture(rng, k: int, c: int):
+  weights = np.exp(rng.normal(size=k) * 3)
+  return weights / weights.sum(), rng.normal(size=(k, c)) * 2, np.exp(rng.uniform(-5, 1, size=(k, c)))
+
+
 @settings(max_examples=60, deadline=None)
-@given(k=st.integers(1, 4), c=st.integers(1, 5), seed=st.integers(0, 2**31), log_step=st.floats(-4, 1))
-def test_every_table_sums_to_the_coder_total(k, c, seed, log_step):
+@given(k=st.integers(1, 8), c=st.integers(1, 5), seed=st.integers(0, 2**31), log_step=st.floats(-4, 1))
+def test_every_table_sums_to_the_coder_total_and_follows_the_mixture(k, c, seed, log_step):
   rng = np.random.default_rng(seed)
-  mix = priors.FrameMixture(entropy.softmax_det(rng.normal(size=k) * 3), rng.normal(size=(k, c)) * 2,
-                            np.exp(rng.uniform(-5, 3, size=(k, c))))
+  weights, mean, scale = _random_mixture(rng, k, c)
   steps = np.exp(log_step + rng.uniform(-1, 1, size=c))
-  tables = sequence.FrameTables(mix, steps)
-  weights = tables.weights
-  q_C = sequence.quantise(rng.normal(size=(1, c)) * 3, steps)[0]
-  for ch in range(c):
-    freq = tables.freq(ch, weights)
-    assert freq.sum() == entropy.TOTAL and freq.min() >= 1 and len(freq) == tables.bins_C[ch] + 1
-    weights = tables.reweighted(ch, weights, int(q_C[ch]))
-    assert np.isclose(sum(weights), 1.0)
+  lo, freq = entropy.mixture_tables(weights, mean, scale, steps)
+  assert freq.shape == (c, freq.shape[1]) and freq.min() >= 1 and np.all(freq.sum(1) == entropy.TOTAL)
+  # Each bin's share is the mixture's marginal mass there (components under 1e-3 left out), for
+  # the bins within Z_RANGE (beyond it, mass goes to the escape symbol).
+  heavy = weights >= entropy.WINDOW_WEIGHT
+  w = weights[heavy] / weights[heavy].sum()
+  edges = (lo[:, None] + np.arange(freq.shape[1])[None] - 0.5) * steps[:, None]  # [C, S]: S - 1 bins.
+  cdf = (w[:, None, None] * stats.norm.cdf((edges[None] - mean[heavy, :, None]) / scale[heavy, :, None])).sum(0)
+  share = (freq[:, :-1] - 1) / (entropy.TOTAL - freq.shape[1] - entropy._SLACK)  # pylint: disable=protected-access
+  limit = np.minimum(np.ceil(entropy.Z_RANGE / steps), entropy.MAX_HALF_BINS)[:, None]
+  inside = np.abs(lo[:, None] + np.arange(freq.shape[1] - 1)[None]) <= limit
+  np.testing.assert_allclose(share[inside], np.diff(cdf, axis=1)[inside], atol=2e-6)
 
 
 @settings(max_examples=40, deadline=None)
@@ -141,6 +150,72 @@ def test_learned_prior_round_trip_is_bit_exact(learned, t):
   np.testing.assert_array_equal(sequence.decode_sequence(data, t, steps, prior), q)
 
 
+def _numpy_prior(seed: int, **fields):
+  """A LatentPrior and parameters drawn with numpy (not jax.random), so their values are fixed for good."""
+  from vae_jax.prior.model import LatentPrior  # pylint: disable=g-import-not-at-top
+
+  model = LatentPrior(**fields)
+  z = jnp.zeros((1, 8, model.latent_channels))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), z, jnp.ones((1,), jnp.int32),
+                          jnp.zeros((1, len(model.num_classes)), jnp.int32))["params"]
+  rng = np.random.default_rng(seed)
+  leaves, tree = jax.tree.flatten(shapes)
+  params = jax.tree.unflatten(tree, [(0.3 * rng.standard_normal(l.shape)).astype(np.float32) for l in leaves])
+  return types.SimpleNamespace(model=model, params=params)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(latent_channels=16, num_classes=(10, 6), max_frames=256),  # configs/fsdd_prior.py's shape.
+    dict(latent_channels=3, num_classes=(), max_frames=4, width=8, depth=1, heads=1, mlp_ratio=1, num_mixtures=1)])
+def test_the_coders_prior_pass_computes_the_flax_prior(fields):
+  """prior_net's frame-by-frame mixtures are the model's (labels unknown) to float32 precision."""
+  prior = _numpy_prior(0, **fields)
+  m, t = prior.model, 11
+  z = np.random.default_rng(1).normal(size=(t, m.latent_channels)).astype(np.float32)
+  ref = m.apply({"params": prior.params}, jnp.asarray(z[None]), jnp.array([t]),
+                jnp.asarray(m.num_classes, jnp.int32)[None])
+  net = prior_net.pack(m, prior.params)
+  keys, values = prior_net.empty_cache(net, t)
+  for i in range(t):  # Past max_frames in the second case: positions and remaining frames clip.
+    weights, mean, scale = prior_net.step(net, keys, values, z[i - 1], i, t)
+    np.testing.assert_allclose(weights, jax.nn.softmax(ref["logits"][0, i]), atol=3e-6)
+    np.testing.assert_allclose(mean, ref["mean"][0, i], atol=3e-5)
+    np.testing.assert_allclose(np.log(scale), ref["log_scale"][0, i], atol=3e-5)
+
+
+# A fixed prior's mixtures and payload. They must be the same on every machine and with every
+# release of numpy and numba: a change means learned-prior files written elsewhere no longer decode.
+RECORDED_PRIOR_NET_SHA256 = "897b9661588062687c7b65dbabd44cac02ed04c6a3f18c60e63cf6cfd999027c"
+RECORDED_LEARNED_PAYLOAD_SHA256 = "5b6d3709ee58c44b9aa9ec013c7b992f723c7255abf9928d28bf2900b74549e4"
+
+
+def test_the_learned_prior_codes_to_the_recorded_bits_and_its_information_content():
+  prior = _numpy_prior(7, latent_channels=4, num_classes=(2,), max_frames=16, width=16, depth=2, heads=2,
+                       mlp_ratio=2, num_mixtures=3)
+  model = priors.LearnedPrior(prior)
+  steps = np.array([0.25, 0.5, 0.125, 1.0])
+  q = sequence.quantise(np.random.default_rng(3).normal(size=(20, 4)), steps)
+  q[5, 1] = 900  # An escape.
+  keys, values = prior_net.empty_cache(model.net, 20)
+  z = sequence.dequantise(q, steps)
+  mixtures = [prior_net.step(model.net, keys, values, z[t - 1], t, 20) for t in range(20)]
+  digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for m in mixtures for a in m)).hexdigest()
+  assert digest == RECORDED_PRIOR_NET_SHA256, "the coder's prior pass computes other bits"
+  data = sequence.encode_sequence(q, steps, model)
+  assert hashlib.sha256(data).hexdigest() == RECORDED_LEARNED_PAYLOAD_SHA256, "the learned-prior payload changed"
+  np.testing.assert_array_equal(sequence.decode_sequence(data, 20, steps, model), q)
+  # Coded bits against -log2 of the tables' probabilities of the coded symbols (+ 16 bits an escape).
+  frames, bits = model.tables(20, steps), 0.0
+  lo, freq = next(frames)
+  for t in range(20):
+    inside = (q[t] >= lo) & (q[t] < lo + freq.shape[1] - 1)
+    symbols = np.where(inside, q[t] - lo, freq.shape[1] - 1)
+    bits += -np.log2(freq[np.arange(4), symbols] / entropy.TOTAL).sum() + 16 * (~inside).sum()
+    if t < 19:
+      lo, freq = frames.send(z[t])
+  assert abs(8 * len(data) - bits) < 40, (8 * len(data), bits)
+
+
 # The bytes of a fixed sequence under the standard prior. A change means files written before it
 # no longer decode (a new table construction, quantiser or constriction release): if intended,
 # bump bitstream's format version and re-record.
@@ -165,9 +240,10 @@ def _recorded_payload() -> bytes:
   return sequence.encode_sequence(q, steps, priors.StandardPrior())
 
 
-# Whole files around the recorded payload. Version 2: re-record only with a format version bump
-# (a new header layout, step grid or checksum). Version 1: written by the version-1 encoder; they
-# must keep decoding as long as the version-1 reader is kept.
+# Whole files around the recorded payload. Version 3: re-record only with a format version bump
+# (a new header layout, step grid, checksum or table construction). Versions 1 and 2: written by
+# their encoders; their N(0, I) files must keep decoding as long as their readers are kept.
+RECORDED_V3_FILE = "564a320123ab002d25a81203" + "49ffffd0ca76526af61f496ba9d79e9f091b20699588313362316d" + "ac8b"
 RECORDED_V2_FILE = "564a220123ab002d25a81203" + "49ffffd0ca76526af61f496ba9d79e9f091b20699588313362316d" + "19d4"
 RECORDED_V1_FILES = {
     "standard": "564a5801020123abcdc03e2d0c250040120349ffffd0ca76526af61f496ba9d79e9f091b20699588313362316dcd404630",
@@ -188,12 +264,13 @@ def _v1_file(model_hash, prior_hash, sample_rate, mel_frames, latent_frames, ext
   return out + struct.pack("<I", zlib.crc32(out))
 
 
-def test_recorded_files_read_back_and_v2_is_written_bit_for_bit():
+def test_recorded_files_read_back_and_v3_is_written_bit_for_bit():
   payload = _recorded_payload()
   header = bitstream.Header("0123ab", "", 8000, 45, 37, 2.0, (2, 1, 3, 0))
   data = bitstream.pack(header, payload)
-  assert data.hex() == RECORDED_V2_FILE, "the .vjx file format changed: bump FORMAT_VERSION and re-record"
+  assert data.hex() == RECORDED_V3_FILE, "the .vjx file format changed: bump FORMAT_VERSION and re-record"
   assert bitstream.unpack(data, 4) == (header, payload)
+  assert bitstream.unpack(bytes.fromhex(RECORDED_V2_FILE), 4) == (dataclasses.replace(header, version=2), payload)
   v1 = {"standard": ("0123abcd", "", 8000, 45, 12, 37, 2.0, (2, 1, 3, 0), payload),
         "learned": ("89abcdef", "fedcba98", 44100, 300, 75, 0, 1.25, None, b"\x05\x06\x07")}
   for name, fields in v1.items():
@@ -240,7 +317,7 @@ def test_header_round_trips_every_field_value(model, prior, rate, mel, extra, k,
                             None if exps is None else tuple(exps))
   data = bitstream.pack(header, payload)
   assert bitstream.unpack(data, channels) == (header, payload)
-  assert data[:2] == b"VJ" and data[2] >> 4 == 2 and data[2] != ord("X")
+  assert data[:2] == b"VJ" and data[2] >> 4 == 3 and data[2] != ord("X")
   rate_byte = data[3 + len(model) + len(prior)]
   assert (rate_byte == bitstream.RATE_ESCAPE) == (rate not in bitstream.SAMPLE_RATES)
   varint_len = lambda n: max(1, -(-n.bit_length() // 7))
@@ -252,7 +329,7 @@ def test_header_round_trips_every_field_value(model, prior, rate, mel, extra, k,
 
 
 def test_every_truncation_and_bit_flip_is_refused():
-  data = bytes.fromhex(RECORDED_V2_FILE)
+  data = bytes.fromhex(RECORDED_V3_FILE)
   for n in range(len(data)):
     with pytest.raises(bitstream.FormatError):
       bitstream.unpack(data[:n], 4)
@@ -302,6 +379,9 @@ def test_learned_prior_file_round_trip_and_needs_its_prior(vae, learned, wav_pat
   np.testing.assert_array_equal(z, sequence.dequantise(sequence.quantise(mean, steps), steps))
   with pytest.raises(DataError, match="learned prior .*: pass that prior's workdir"):
     api.decode_file(vae, out)
+  body = data[:2] + bytes([2 << 4 | data[2] & 0xF]) + data[3:-2]  # The same bytes, labelled version 2.
+  (tmp_path / "v2.vjx").write_bytes(body + struct.pack(">H", binascii.crc_hqx(body, 0)))
+  _one_line_error(vae, tmp_path / "v2.vjx", "learned prior by format version 2", learned)
   params = jax.tree.map(lambda x: x + 0.01, learned.params)  # Another prior of the same VAE.
   other = types.SimpleNamespace(model=learned.model, params=params, vae_run=vae, workdir="other_prior")
   message = _one_line_error(vae, out, "coded with the learned prior", other)
@@ -309,7 +389,8 @@ def test_learned_prior_file_round_trip_and_needs_its_prior(vae, learned, wav_pat
 
 
 def test_a_version_1_file_still_decodes(vae, learned, tiny_vae_fn, wav_path, tmp_path):
-  """Files of the version-1 layout, coded as the version-1 encoder did, decode to the same latents."""
+  """Version-1 files coded under N(0, I) as the version-1 encoder did decode to the same latents;
+  under a learned prior they are refused in one line (their tables came from XLA's float32)."""
   wave, mel = vae.load_audio(wav_path)
   mean, logvar = vae.encode(mel)
   scale = np.exp(0.5 * np.asarray(logvar, np.float64)).mean(0)
@@ -318,14 +399,16 @@ def test_a_version_1_file_still_decodes(vae, learned, tiny_vae_fn, wav_path, tmp
   steps = top * np.exp2(-e / 4)
   q = sequence.quantise(mean, steps)
   extra = len(wave) - (len(mel) - 1) * vae.feature_config.hop_length
-  for prior, model in ((None, priors.StandardPrior()), (learned, priors.LearnedPrior(learned))):
-    data = _v1_file(priors.model_hash(vae)[:8], model.hash[:8], SR, len(mel), len(mean), extra, top, e,
-                    sequence.encode_sequence(q, steps, model))
-    path = tmp_path / "v1.vjx"
-    path.write_bytes(data)
-    z, _, wave_hat = api.decode_file(vae, str(path), prior)
-    np.testing.assert_array_equal(z, sequence.dequantise(q, steps))
-    assert len(wave_hat) == len(wave)
+  data = _v1_file(priors.model_hash(vae)[:8], "", SR, len(mel), len(mean), extra, top, e,
+                  sequence.encode_sequence(q, steps, priors.StandardPrior()))
+  path = tmp_path / "v1.vjx"
+  path.write_bytes(data)
+  z, _, wave_hat = api.decode_file(vae, str(path))
+  np.testing.assert_array_equal(z, sequence.dequantise(q, steps))
+  assert len(wave_hat) == len(wave)
+  (tmp_path / "v1_learned.vjx").write_bytes(_v1_file(priors.model_hash(vae)[:8], priors.LearnedPrior(learned).hash[:8],
+                                                     SR, len(mel), len(mean), extra, top, e, b"\x05\x06\x07"))
+  _one_line_error(vae, tmp_path / "v1_learned.vjx", "learned prior by format version 1", learned)
   other = tiny_vae_fn(1)
   message = _one_line_error(other, path, "written by the model with hash", learned)
   assert priors.model_hash(vae)[:8] in message and priors.model_hash(other)[:8] in message
@@ -366,10 +449,10 @@ def test_bad_files_give_one_line_errors(vae, tiny_vae_fn, wav_path, tmp_path):
     (tmp_path / name).write_bytes(content)
     _one_line_error(vae, tmp_path / name, match)
   body = data[:2] + bytes([(bitstream.FORMAT_VERSION + 1) << 4 | data[2] & 0xF]) + data[3:-2]
-  (tmp_path / "v3.vjx").write_bytes(body + struct.pack(">H", binascii.crc_hqx(body, 0)))
-  _one_line_error(vae, tmp_path / "v3.vjx", "format version 3, but this decoder reads versions 1 and 2")
+  (tmp_path / "v4.vjx").write_bytes(body + struct.pack(">H", binascii.crc_hqx(body, 0)))
+  _one_line_error(vae, tmp_path / "v4.vjx", "format version 4, but this decoder reads versions 1, 2 and 3")
   (tmp_path / "v7.vjx").write_bytes(b"VJX\x07" + data[3:])  # The version-1 layout with another version.
-  _one_line_error(vae, tmp_path / "v7.vjx", "format version 7, but this decoder reads versions 1 and 2")
+  _one_line_error(vae, tmp_path / "v7.vjx", "format version 7, but this decoder reads versions 1, 2 and 3")
   other = tiny_vae_fn(1)
   message = _one_line_error(other, tmp_path / "good.vjx", "written by the model with hash")
   assert api.short_model_hash(vae) in message and api.short_model_hash(other) in message

@@ -112,6 +112,9 @@ def _check_header(trained, header: bitstream.Header, prior, name: str):
                     f"{header.mel_frames} mel frames)")
   if not header.prior_hash:
     return priors.StandardPrior()
+  if header.version < 3:
+    raise DataError(f"{name}: coded under a learned prior by format version {header.version}, whose tables "
+                    "this decoder no longer computes: encode the audio again")
   if prior is None:
     raise DataError(f"{name}: coded with the learned prior {header.prior_hash}: pass that prior's workdir")
   model = entropy_prior(trained, prior)

@@ -1,6 +1,12 @@
 """The .vjx file format: a small header, the entropy-coded latents and a CRC-16 of both.
 
-Format version 2 (what `pack` writes):
+Format version 3 (what `pack` writes) has the layout of version 2 below. Its payload
+under N(0, I) is version 2's; under a learned prior it is coded with the tables of
+vae_jax.codec.prior_net's mixtures, which are the same on every machine. Version 2's
+learned-prior payloads came from the flax model's float32 outputs on XLA, which are
+not (vae_jax.codec.api refuses them in one line); its N(0, I) files still decode.
+
+Format version 2:
 
   offset  size  field
   0       2     magic b"VJ"
@@ -48,8 +54,8 @@ import zlib
 import numpy as np
 
 MAGIC = b"VJ"
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 HASH_BYTES = 3  # Of the model hash and the prior hash (version 1 files have 4).
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 RATE_ESCAPE = 0xFF  # Sample-rate byte: a rate outside SAMPLE_RATES follows as a varint.
@@ -153,7 +159,7 @@ def _crc16(data: bytes) -> bytes:
 
 
 def pack(h: Header, payload: bytes) -> bytes:
-  """The file bytes (format version 2) of a header and payload."""
+  """The file bytes (format version 3) of a header and payload."""
   k = step_index(h.quant_step) if h.quant_step > 0 and math.isfinite(h.quant_step) else -1
   if not 0 <= k <= 255 or grid_step(k) != h.quant_step:
     raise ValueError(f"quant_step={h.quant_step!r} is not a point of the header's step grid")
@@ -179,15 +185,16 @@ def _version_error(version: int) -> FormatError:
 
 
 def unpack(data: bytes, channels: int) -> tuple[Header, bytes]:
-  """(header, payload) of a file's bytes (format version 1 or 2); FormatError naming what is wrong."""
+  """(header, payload) of a file's bytes (any of READ_VERSIONS); FormatError naming what is wrong."""
   if len(data) > len(_V1_MAGIC) and data.startswith(_V1_MAGIC):
     if data[3] != 1:
       raise _version_error(data[3])
     return _unpack_v1(data, channels)
   if len(data) <= len(MAGIC) or not data.startswith(MAGIC):
     raise FormatError("not a .vjx file (no VJ magic bytes)")
-  if data[2] >> 4 != FORMAT_VERSION:
-    raise _version_error(data[2] >> 4)
+  version = data[2] >> 4
+  if version not in READ_VERSIONS[1:]:  # Versions 2 and later share this layout.
+    raise _version_error(version)
   if len(data) < len(MAGIC) + 1 + HASH_BYTES + 2:
     raise FormatError("truncated header")
   if data[-2:] != _crc16(data[:-2]):
@@ -210,7 +217,7 @@ def unpack(data: bytes, channels: int) -> tuple[Header, bytes]:
   exponents = cur.exponents(channels) if flags & _EXPONENTS else None
   if mel_frames < 1:
     raise FormatError("malformed header field")
-  return (Header(model_hash, prior_hash, sample_rate, mel_frames, extra, quant_step, exponents),
+  return (Header(model_hash, prior_hash, sample_rate, mel_frames, extra, quant_step, exponents, version),
           data[cur.pos:cur.end])
 
 

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Callable
 
 import constriction
+import numba
 import numpy as np
 
 from vae_jax.codec.entropy import TOTAL
@@ -22,10 +23,37 @@ class Exhausted(Exception):
   """The stream ended before every symbol was read, or has data left over after it."""
 
 
-def _model(freq_S: np.ndarray):
-  if np.any(freq_S < 1) or int(freq_S.sum()) != TOTAL:
+# One categorical distribution per symbol, each given as a row of probabilities (same rules).
+_ROWS = constriction.stream.model.Categorical(perfect=False)
+
+
+@numba.njit(cache=True, nogil=True)
+def _checked(freq_NxS: np.ndarray) -> np.ndarray:
+  """freq - 1 as float64 [N, S], or an empty array if a row has an entry < 1 or does not sum to TOTAL."""
+  out = np.empty(freq_NxS.shape)
+  for n in range(freq_NxS.shape[0]):
+    total = 0
+    for s in range(freq_NxS.shape[1]):
+      f = freq_NxS[n, s]
+      if f < 1:
+        return np.empty((0, 0))
+      total += f
+      out[n, s] = f - 1
+    if total != TOTAL:
+      return np.empty((0, 0))
+  return out
+
+
+def _probabilities(freq_S: np.ndarray) -> np.ndarray:
+  """constriction's float probabilities of integer tables [S] or [N, S] (checked: >= 1, summing to TOTAL)."""
+  out = _checked(np.atleast_2d(np.asarray(freq_S, np.int64)))
+  if out.size == 0:
     raise ValueError("a frequency table must have entries >= 1 summing to TOTAL")
-  return constriction.stream.model.Categorical((freq_S - 1).astype(np.float64), perfect=False)
+  return out.reshape(np.shape(freq_S))
+
+
+def _model(freq_S: np.ndarray):
+  return constriction.stream.model.Categorical(_probabilities(freq_S), perfect=False)
 
 
 @dataclasses.dataclass
@@ -38,6 +66,11 @@ class Writer:
     """Symbols in [0, S) i.i.d. under one frequency table."""
     symbols, model = np.asarray(symbols_N, np.int32), _model(freq_S)
     self.ops.append(lambda ans: ans.encode_reverse(symbols, model))
+
+  def categorical_rows(self, symbols_N: np.ndarray, freq_NxS: np.ndarray) -> None:
+    """Symbol i in [0, S) under its own table, row i of freq_NxS."""
+    symbols, probabilities = np.asarray(symbols_N, np.int32), _probabilities(freq_NxS)
+    self.ops.append(lambda ans: ans.encode_reverse(symbols, _ROWS, probabilities))
 
   def uniform(self, values_N: np.ndarray, size: int) -> None:
     values, model = np.asarray(values_N, np.int32), constriction.stream.model.Uniform(size)
@@ -60,6 +93,9 @@ class Reader:
 
   def categorical(self, num: int, freq_S: np.ndarray) -> np.ndarray:
     return np.asarray(self._ans.decode(_model(freq_S), num), np.int64)
+
+  def categorical_rows(self, freq_NxS: np.ndarray) -> np.ndarray:
+    return np.asarray(self._ans.decode(_ROWS, _probabilities(freq_NxS)), np.int64)
 
   def uniform(self, num: int, size: int) -> np.ndarray:
     return np.asarray(self._ans.decode(constriction.stream.model.Uniform(size), num), np.int64)
