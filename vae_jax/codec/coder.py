@@ -4,7 +4,9 @@ constriction builds its fixed-point model from float probabilities p_i as
 left_cumulative_i = floor(sum_{j<i} p_j * (TOTAL - n) / sum_j p_j) + i. Given
 p_i = f_i - 1 for integer frequencies f_i >= 1 summing to TOTAL, the scale is
 exactly 1 and every partial sum is an exact integer, so its table is ours to the
-unit (tests/test_codec.py checks the coded size against -log2 f_i / TOTAL).
+unit (tests/test_codec.py checks the coded size against -log2 f_i / TOTAL). The same
+holds row by row when each symbol has its own table (`categorical_rows`: constriction's
+categorical model family, one call for a whole latent frame).
 """
 
 import dataclasses
