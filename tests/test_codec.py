@@ -416,19 +416,32 @@ def test_a_version_1_file_still_decodes(vae, learned, tiny_vae_fn, wav_path, tmp
   _one_line_error(vae, tmp_path / "v1_bad.vjx", "checksum mismatch", learned)
 
 
-def test_a_file_written_here_decodes_in_another_process(vae, wav_path, tmp_path):
-  out = tmp_path / "tone.vjx"
-  api.encode_file(vae, wav_path, str(out), quant_step=0.7)
-  expected = api.decompress(vae, out.read_bytes())
+# The tiny learned prior of the subprocess test, drawn with numpy so both processes hold the same one.
+TINY_PRIOR = dict(num_classes=(2,), max_frames=32, width=16, depth=2, heads=2, mlp_ratio=2, num_mixtures=3)
+
+
+def test_files_written_here_decode_in_another_process(vae, wav_path, tmp_path):
+  """Under both priors: the other process compiles (or loads) its own coder and prior pass."""
+  prior = _numpy_prior(5, latent_channels=vae.latent_channels, **TINY_PRIOR)
+  prior = types.SimpleNamespace(model=prior.model, params=prior.params, vae_run=vae, workdir="tiny_prior")
+  expected = []
+  for name, p in (("standard.vjx", None), ("learned.vjx", prior)):
+    api.encode_file(vae, wav_path, str(tmp_path / name), p, quant_step=0.7)
+    expected.append(api.decompress(vae, (tmp_path / name).read_bytes(), p))
   script = TINY_VAE.replace("CACHE", repr(str(tmp_path / "cache"))) + (
-      "\nimport json, sys\nfrom vae_jax.codec import api\n"
-      f"z, _, _ = api.decode_file(tiny_vae(0), {str(out)!r})\n"
-      "print(json.dumps(z.tolist()))\n")
+      "\nimport json, types\nfrom vae_jax.codec import api\nfrom tests.test_codec import TINY_PRIOR, _numpy_prior\n"
+      "vae = tiny_vae(0)\n"
+      "p = _numpy_prior(5, latent_channels=vae.latent_channels, **TINY_PRIOR)\n"
+      "p = types.SimpleNamespace(model=p.model, params=p.params, vae_run=vae, workdir='tiny_prior')\n"
+      f"z1, _, _ = api.decode_file(vae, {str(tmp_path / 'standard.vjx')!r})\n"
+      f"z2, _, _ = api.decode_file(vae, {str(tmp_path / 'learned.vjx')!r}, p)\n"
+      "print(json.dumps([z1.tolist(), z2.tolist()]))\n")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
                           env=env, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  np.testing.assert_array_equal(np.array(json.loads(result.stdout.splitlines()[-1]), np.float32), expected)
+  for z, want in zip(json.loads(result.stdout.splitlines()[-1]), expected):
+    np.testing.assert_array_equal(np.array(z, np.float32), want)
 
 
 def _one_line_error(trained, path, match: str, prior=None):
