@@ -83,6 +83,25 @@ def test_augmentation_is_deterministic_per_seed_and_keys_the_cache(tmp_path):
   assert off == corpus and cache_key(off.entries, fc) == cache_key(corpus.entries, fc)
 
 
+def test_colouring_applies_its_gain_curve_and_leaves_other_draws_and_keys_alone(tmp_path):
+  corpus = build_corpus(smoke_config(tmp_path))
+  plain = augment.augmented_corpus(corpus, smoke_config(tmp_path, SPEECH_AUG))
+  coloured = augment.augmented_corpus(corpus, smoke_config(tmp_path, {**SPEECH_AUG, "augment.eq_db": 12.0}))
+  a, b = (augment.Params.from_spec(x.entries[-1].augment) for x in (plain, coloured))
+  assert b.eq_db and max(map(abs, b.eq_db)) <= 4.0 and augment.Params.from_spec(b.spec()) == b
+  assert (a.speed, a.semitones, a.gain_db, a.snr_db) == (b.speed, b.semitones, b.gain_db, b.snr_db)
+  assert "eq_db" not in plain.entries[-1].augment  # Copies without colouring keep their cache keys.
+  # White noise through the filter: the mean power ratio per band follows the curve in dB.
+  noise = np.random.default_rng(0).standard_normal(2**16).astype(np.float32)
+  eq = (4.0, -3.0, 2.0)
+  ratio = np.abs(np.fft.rfft(augment.colour(noise, eq)))**2 / np.abs(np.fft.rfft(noise))**2
+  f = np.linspace(0, 1, len(ratio))
+  for lo in np.arange(0.05, 0.9, 0.1):
+    band = (f >= lo) & (f < lo + 0.1)
+    want = np.mean(10 ** (sum(g * np.cos(np.pi * (j + 1) * f[band]) for j, g in enumerate(eq)) / 10))
+    assert abs(10 * np.log10(ratio[band].mean() / want)) < 0.3, lo
+
+
 def test_augmented_copies_join_the_train_split_only(tmp_path):
   plain = load_dataset(smoke_config(tmp_path / "cache"))
   data = load_dataset(smoke_config(tmp_path / "cache", SPEECH_AUG))

@@ -157,6 +157,7 @@ def _checks(config) -> list[tuple[str, str, Callable[[Any], bool], str]]:
       ("augment.speed", "num", lambda x: 0 <= x <= 0.5, "in [0, 0.5]"),
       ("augment.pitch_semitones", "num", lambda x: 0 <= x <= 12, "in [0, 12] semitones"),
       ("augment.gain_db", "num", lambda x: 0 <= x <= 24, "in [0, 24] dB"),
+      ("augment.eq_db", "num", lambda x: 0 <= x <= 24, "in [0, 24] dB (0: no colouring)"),
       ("augment.noise_snr_db", "num", lambda x: -20 <= x <= 40, "in [-20, 40] dB (0: no noise)"),
       ("synthetic.num_speakers", "int", lambda x: 1 <= x <= 64, "an integer in [1, 64]"),
       ("synthetic.utterances_per_speaker", "int", lambda x: x >= 10, "an integer >= 10"),
