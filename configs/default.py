@@ -48,9 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.speed = 0.0  # Speed factor uniform in [1 - speed, 1 + speed] (resampling: pitch and tempo move).
   c.augment.pitch_semitones = 0.0  # Pitch shift uniform in +-this many semitones at constant tempo.
   c.augment.gain_db = 0.0  # Gain uniform in +-this many dB.
-  # Spectral colouring (a microphone's or a room's): a random smooth gain curve over frequency,
-  # three cosines up to Nyquist, each uniform in +-eq_db / 3 dB.
-  c.augment.eq_db = 0.0
+  # Spectral colouring (a microphone's or a room's): a random smooth gain curve over frequency.
+  c.augment.eq_db = 0.0  # Three cosines up to Nyquist, each uniform in +-eq_db / 3 dB (0: none).
   c.augment.noise_snr_db = 0.0  # White noise at an SNR uniform in [this, 40] dB (0: no noise).
 
   c.synthetic = ml_collections.ConfigDict()
