@@ -555,6 +555,11 @@ def test_eval_py_compresses_decompresses_and_reports_a_bad_file_in_one_line(smok
   decoded, _ = soundfile.read(out / "good.decoded.wav")
   again, _ = soundfile.read(tmp_path / "wav" / "good.decoded.wav")
   np.testing.assert_array_equal(decoded, again)
+  # A learned prior asked of a VAE workdir is one line, not a silent N(0, I).
+  r = run("--compress", str(good), f"--out={tmp_path / 'learned'}", "--prior=learned")
+  assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout, r.stderr[-2000:]
+  assert "--prior=learned needs a prior workdir" in r.stderr + r.stdout
+  assert not (tmp_path / "learned").exists()
 
 
 @pytest.mark.slow

@@ -248,6 +248,25 @@ def test_eval_sample_mode_names_lengths_and_grid(smoke_workdir, prior_workdir, t
 
 
 @pytest.mark.slow
+def test_eval_codes_under_the_workdirs_prior_unless_told_standard(prior_workdir, tmp_path):
+  import soundfile  # pylint: disable=g-import-not-at-top
+  from vae_jax.codec import api  # pylint: disable=g-import-not-at-top
+
+  wav = tmp_path / "tone.wav"
+  t = np.arange(int(0.6 * 8000)) / 8000
+  soundfile.write(wav, 0.3 * np.sin(2 * np.pi * 220 * t) * np.hanning(len(t)), 8000)
+  prior = load_prior(str(prior_workdir))
+  headers = {}
+  for choice in (None, "standard"):
+    out = tmp_path / str(choice)
+    assert eval_cli.run(eval_cli.EvalOptions(workdir=str(prior_workdir), compress=(str(wav),), out=str(out),
+                                             prior=choice)) == 0
+    headers[choice] = api.read(prior.vae_run, (out / "tone.vjx").read_bytes(), prior)[0]
+  assert headers[None].prior_hash, "a prior workdir codes under its learned prior by default"
+  assert not headers["standard"].prior_hash, "--prior=standard codes under N(0, I)"
+
+
+@pytest.mark.slow
 def test_generation_report_of_a_prior_workdir(prior_workdir):
   # A briefly trained classifier: the test checks the report's wiring, not the scores.
   m, lines = prior_report.generation_report(load_prior(str(prior_workdir)), num_samples=2, n=8,

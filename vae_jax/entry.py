@@ -178,8 +178,9 @@ def _define_eval_flags() -> None:
                  "1 for N(0, I)). With N(0, I) the same seed at another temperature "
                  "gives the same draws scaled; with a learned prior it scales each "
                  "mixture component's standard deviation.")
-  d.DEFINE_enum("prior", "learned", ["learned", "standard"], "For a prior workdir: sample "
-                "its learned prior or the VAE's N(0, I).")
+  d.DEFINE_enum("prior", None, ["learned", "standard"], "Prior to sample (--sample) and to code "
+                "under (--compress): 'learned' (needs a prior workdir) or 'standard' (the VAE's "
+                "N(0, I)); default: the workdir's.")
   d.DEFINE_string("condition", None, "Labels for the learned prior, e.g. "
                   "digit=7,speaker=jackson (each optional).")
   d.DEFINE_float("guidance", None, "Classifier-free guidance scale (0: unconditional, "
@@ -201,7 +202,8 @@ def _define_eval_flags() -> None:
   d.DEFINE_float("traverse_range", 3.0, "Largest shift, in prior standard deviations.")
   d.DEFINE_integer("traverse_steps", 7, "Shifts per channel.", lower_bound=2)
   d.DEFINE_multi_string("compress", [], "Audio files to code into <out>/<name>.vjx (and "
-                        "<name>.decoded.wav); with a prior workdir, under the learned prior.")
+                        "<name>.decoded.wav); with a prior workdir, under the learned prior "
+                        "(--prior=standard: N(0, I)).")
   d.DEFINE_multi_string("decompress", [], ".vjx files to decode into <out>/<name>.decoded.wav.")
   d.DEFINE_float("quant_step", None, "--compress: quantisation step, in posterior standard "
                  "deviations per channel (default 2; larger: fewer bits).")

@@ -42,7 +42,7 @@ class EvalOptions:
   sample: int = 0
   seconds: float | None = None  # None: lengths drawn from the train split's (for the condition).
   temperature: float | None = None  # None: the prior config's (1 for N(0, I)).
-  prior: str = "learned"  # "learned" (a prior workdir's) or "standard" (N(0, I)).
+  prior: str | None = None  # "learned" (a prior workdir's), "standard" (N(0, I)); None: the workdir's.
   condition: str | None = None  # e.g. "digit=7,speaker=jackson" (a learned, conditional prior).
   guidance: float | None = None  # None: the prior config's.
   sample_quality: bool = False  # Only the generation report (bound and sample quality) of a prior workdir.
@@ -82,6 +82,9 @@ def run(o: EvalOptions) -> int:
   if o.sample_quality and prior is None:
     raise UserError(f"--sample_quality needs a prior workdir; {o.workdir} holds a VAE "
                     "(train one with configs/fsdd_prior.py)")
+  if o.prior == "learned" and prior is None:
+    raise UserError(f"--prior=learned needs a prior workdir; {o.workdir} holds a VAE (train one with "
+                    "configs/fsdd_prior.py and pass its workdir, or leave out --prior)")
   other = bool(o.audio or o.sample or o.interpolate or o.traverse or o.sample_quality or o.export
                or o.compress or o.decompress or o.rate_distortion)
   other = other or o.generalisation
@@ -163,7 +166,9 @@ def _codec(o: EvalOptions, trained, prior) -> int:
 
   status = 0
   if o.compress:
-    status = batch.compress_files(trained, o.compress, _out(o, "compress"), prior, o.quant_step, o.bitrate)[1]
+    coding_prior = None if o.prior == "standard" else prior
+    status = batch.compress_files(trained, o.compress, _out(o, "compress"), coding_prior, o.quant_step,
+                                  o.bitrate)[1]
   if o.decompress:
     status = max(status, batch.decompress_files(trained, o.decompress, _out(o, "decompress"), prior)[1])
   if o.rate_distortion:
@@ -200,9 +205,9 @@ def _generation_only(o: EvalOptions, prior) -> None:
 
 
 def _samples(o: EvalOptions, trained, prior, utterances: generate.Utterances) -> list[str]:
-  """--sample: draws from the learned prior (when the workdir has one and --prior=learned) or N(0, I)."""
+  """--sample: draws from the learned prior (when the workdir has one, unless --prior=standard) or N(0, I)."""
   fps = trained.feature_config.frames_per_second
-  if prior is not None and o.prior == "learned":
+  if prior is not None and o.prior != "standard":
     draws = prior.sample(o.sample, condition=o.condition, guidance=o.guidance, temperature=o.temperature,
                          seconds=o.seconds, seed=o.seed)
     g = prior.config.prior.guidance if o.guidance is None else o.guidance
